@@ -1,0 +1,396 @@
+"""Typed configuration compatible with the reference ``rnn_args.yaml``.
+
+Every key of the NEJM reference phoneme config and of the diphone SageMaker variant
+loads unchanged. Unknown keys and wrong types are rejected with one line naming the
+dotted key and the reason (:class:`ConfigError`).
+
+Keys the reference carries but never reads are accepted and documented as ignored
+(``IGNORED_KEYS``); they keep their reference meaning in the file so a config can be
+moved between the reference trainer and this one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Mapping, Optional, Sequence, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PHONEME_CLASSES = 41
+DIPHONE_CLASSES = PHONEME_CLASSES * PHONEME_CLASSES
+
+# Reference keys accepted for compatibility but without effect here, with the reason.
+IGNORED_KEYS: dict[str, str] = {
+    "model.input_network.n_input_layers": "the reference model always uses one day layer",
+    "model.input_network.input_layer_sizes": "the day layer is always neural_dim x neural_dim",
+    "dataset.max_seq_elements": "never read by the reference trainer",
+    "dataset.test_percentage": "train/val come from data_train.hdf5/data_val.hdf5, as in the reference",
+    "mode": "only 'train' exists; evaluation is `python -m trainer.evaluate`",
+    "save_val_data": "never read by the reference trainer",
+    "log_val_skip_logs": "never read by the reference trainer",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, rendered as one line: ``<dotted.key>: <reason>``."""
+
+    def __init__(self, key: str, reason: str):
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key}: {reason}" if key else reason)
+
+
+def _none_string(value: Any) -> Any:
+    """The reference writes the string ``None`` where it means null."""
+    if isinstance(value, str) and value.strip() in ("None", "none", "null", "~", ""):
+        return None
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class InputNetworkConfig(_Strict):
+    n_input_layers: int = Field(1, ge=1)
+    input_layer_sizes: list[int] = Field(default_factory=lambda: [512])
+    input_trainable: bool = True
+    input_layer_dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class ModelConfig(_Strict):
+    n_input_features: int = Field(512, gt=0)
+    n_units: int = Field(768, gt=0)
+    rnn_dropout: float = Field(0.4, ge=0.0, lt=1.0)
+    rnn_trainable: bool = True
+    n_layers: int = Field(5, gt=0)
+    patch_size: int = Field(14, ge=0)
+    patch_stride: int = Field(4, ge=0)
+    # Not in the reference phoneme config; the diphone SageMaker variant sets it.
+    # When given it must equal dataset.n_classes.
+    n_classes: Optional[int] = Field(None, gt=0)
+    bidirectional: bool = False
+    input_network: InputNetworkConfig = Field(default_factory=InputNetworkConfig)
+
+    @model_validator(mode="after")
+    def _patching(self) -> "ModelConfig":
+        if self.patch_size > 0 and self.patch_stride < 1:
+            raise ValueError("patch_stride: must be >= 1 when patch_size > 0")
+        if self.patch_size > 0 and self.patch_stride > self.patch_size:
+            raise ValueError(
+                f"patch_stride: {self.patch_stride} is larger than patch_size {self.patch_size}; "
+                "bins between patches would be dropped"
+            )
+        return self
+
+
+class DataTransformsConfig(_Strict):
+    white_noise_std: float = Field(1.0, ge=0.0)
+    constant_offset_std: float = Field(0.2, ge=0.0)
+    random_walk_std: float = Field(0.0, ge=0.0)
+    random_walk_axis: int = -1
+    static_gain_std: float = Field(0.0, ge=0.0)
+    random_cut: int = Field(3, ge=0)
+    smooth_kernel_size: int = Field(100, gt=0)
+    smooth_data: bool = True
+    smooth_kernel_std: float = Field(2.0, gt=0.0)
+
+
+class StorageConfig(_Strict):
+    """How the data layer reaches ``dataset_dir`` (not in the reference)."""
+
+    endpoint_url: Optional[str] = None  # a local S3 endpoint; also AWS_ENDPOINT_URL_S3
+    region: Optional[str] = None
+    max_attempts: int = Field(10, ge=1)  # botocore retries per request
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(60.0, gt=0)
+    parts_in_flight: int = Field(16, ge=1)  # parallel ranged GETs per object
+    part_size_mb: int = Field(16, ge=1)
+    memory_cache_mb: int = Field(4096, ge=0)
+    disk_cache_dir: Optional[str] = None  # default: a temp dir (SageMaker: /tmp on the instance volume)
+    prefetch_batches: int = Field(8, ge=0)
+
+
+class DatasetConfig(_Strict):
+    data_transforms: DataTransformsConfig = Field(default_factory=DataTransformsConfig)
+    neural_dim: int = Field(512, gt=0)
+    batch_size: int = Field(64, gt=0)
+    n_classes: int = PHONEME_CLASSES
+    max_seq_elements: int = Field(500, gt=0)
+    days_per_batch: int = Field(4, gt=0)
+    seed: int = 1
+    num_dataloader_workers: int = Field(4, ge=0)
+    loader_shuffle: bool = False
+    must_include_days: Optional[list[int]] = None
+    test_percentage: float = Field(0.1, ge=0.0, le=1.0)
+    feature_subset: Optional[list[int]] = None
+    dataset_dir: str = "../data/hdf5_data_final"
+    # {session: {block_num: [trial_num, ...]}}: trials to leave out.
+    bad_trials_dict: Optional[dict[str, dict[int, list[int]]]] = None
+    sessions: list[str] = Field(default_factory=list, min_length=1)
+    dataset_probability_val: Optional[list[float]] = None
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    _none_strings = field_validator(
+        "must_include_days", "feature_subset", "bad_trials_dict", "dataset_probability_val", mode="before"
+    )(_none_string)
+
+    @field_validator("n_classes")
+    @classmethod
+    def _known_targets(cls, v: int) -> int:
+        if v not in (PHONEME_CLASSES, DIPHONE_CLASSES):
+            raise ValueError(
+                f"must be {PHONEME_CLASSES} (phonemes) or {DIPHONE_CLASSES} (diphones), got {v}"
+            )
+        return v
+
+    @field_validator("dataset_probability_val")
+    @classmethod
+    def _probabilities(cls, v: Optional[list[float]]) -> Optional[list[float]]:
+        for p in v or ():
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"every entry must be between 0 and 1, got {p}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DatasetConfig":
+        n = len(self.sessions)
+        if len(set(self.sessions)) != n:
+            dup = sorted({s for s in self.sessions if self.sessions.count(s) > 1})
+            raise ValueError(f"sessions: listed twice: {', '.join(dup)}")
+        if self.days_per_batch > n:
+            raise ValueError(f"days_per_batch: {self.days_per_batch} is more than the {n} sessions listed")
+        if self.batch_size < self.days_per_batch:
+            raise ValueError(
+                f"batch_size: {self.batch_size} is smaller than days_per_batch {self.days_per_batch}"
+            )
+        if self.dataset_probability_val is not None and len(self.dataset_probability_val) != n:
+            raise ValueError(
+                f"dataset_probability_val: has {len(self.dataset_probability_val)} entries for {n} sessions"
+            )
+        for d in self.must_include_days or ():
+            if not -n <= d < n:
+                raise ValueError(f"must_include_days: day index {d} is outside the {n} sessions")
+        if self.must_include_days and len(self.must_include_days) > self.days_per_batch:
+            raise ValueError("must_include_days: more days than days_per_batch")
+        if self.feature_subset is not None:
+            if not self.feature_subset:
+                raise ValueError("feature_subset: must not be empty (use null for all features)")
+            bad = [f for f in self.feature_subset if not 0 <= f < self.neural_dim]
+            if bad:
+                raise ValueError(f"feature_subset: indices outside 0..{self.neural_dim - 1}: {bad[:5]}")
+        for session in self.bad_trials_dict or {}:
+            if session not in self.sessions:
+                raise ValueError(f"bad_trials_dict: session {session!r} is not in dataset.sessions")
+        return self
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_subset) if self.feature_subset is not None else self.neural_dim
+
+    def val_probability(self, day: int) -> float:
+        probs = self.dataset_probability_val
+        return 1.0 if probs is None else probs[day]
+
+
+class TrainConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    gpu_number: Union[str, int] = "0"
+    mode: Literal["train"] = "train"
+    use_amp: bool = True
+    compile: bool = False  # torch.compile (not in the reference: it always compiled)
+
+    output_dir: str = "trained_models/baseline_rnn"
+    checkpoint_dir: str = "trained_models/baseline_rnn/checkpoint"
+    init_from_checkpoint: bool = False
+    init_checkpoint_path: Optional[str] = None
+    save_best_checkpoint: bool = True
+    save_all_val_steps: bool = False
+    save_final_model: bool = False
+    save_val_metrics: bool = True
+    early_stopping: bool = False
+    early_stopping_val_steps: int = Field(20, gt=0)
+    keep_last_checkpoints: int = Field(2, ge=1)  # periodic checkpoints kept besides the best
+
+    num_training_batches: int = Field(120000, gt=0)
+    lr_scheduler_type: Literal["cosine", "linear"] = "cosine"
+    lr_max: float = Field(0.005, gt=0)
+    lr_min: float = Field(0.0001, ge=0)
+    lr_decay_steps: int = Field(120000, gt=0)
+    lr_warmup_steps: int = Field(1000, ge=0)
+    lr_max_day: float = Field(0.005, gt=0)
+    lr_min_day: float = Field(0.0001, ge=0)
+    lr_decay_steps_day: int = Field(120000, gt=0)
+    lr_warmup_steps_day: int = Field(1000, ge=0)
+
+    beta0: float = Field(0.9, ge=0, lt=1)
+    beta1: float = Field(0.999, ge=0, lt=1)
+    epsilon: float = Field(0.1, gt=0)
+    weight_decay: float = Field(0.001, ge=0)
+    weight_decay_day: float = Field(0.0, ge=0)
+    seed: int = 10
+    grad_norm_clip_value: float = Field(10.0, ge=0)
+
+    batches_per_train_log: int = Field(200, gt=0)
+    batches_per_val_step: int = Field(2000, gt=0)
+    batches_per_save: int = Field(0, ge=0)  # 0: checkpoint only at validation steps
+    log_individual_day_val_PER: bool = True
+    log_val_skip_logs: bool = False
+    save_val_logits: bool = True
+    save_val_data: bool = False
+
+    dataset: DatasetConfig
+
+    # The seed's SageMaker fork passed these on its command line; accepted as a
+    # shorthand for dataset.dataset_dir = s3://<s3_bucket>/<s3_data_prefix>.
+    s3_bucket: Optional[str] = None
+    s3_data_prefix: Optional[str] = None
+
+    _none_strings = field_validator("init_checkpoint_path", "s3_bucket", "s3_data_prefix", mode="before")(
+        _none_string
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.lr_min > self.lr_max:
+            raise ValueError(f"lr_min: {self.lr_min} is larger than lr_max {self.lr_max}")
+        if self.lr_min_day > self.lr_max_day:
+            raise ValueError(f"lr_min_day: {self.lr_min_day} is larger than lr_max_day {self.lr_max_day}")
+        if self.model.n_input_features != self.dataset.n_features:
+            raise ValueError(
+                f"model.n_input_features: {self.model.n_input_features} does not match the "
+                f"{self.dataset.n_features} features the dataset provides (dataset.neural_dim / feature_subset)"
+            )
+        if self.model.n_classes is not None and self.model.n_classes != self.dataset.n_classes:
+            raise ValueError(
+                f"model.n_classes: {self.model.n_classes} does not match dataset.n_classes {self.dataset.n_classes}"
+            )
+        if self.init_from_checkpoint and not self.init_checkpoint_path:
+            raise ValueError("init_checkpoint_path: required when init_from_checkpoint is true")
+        if (self.s3_bucket is None) != (self.s3_data_prefix is None) and self.s3_bucket is None:
+            raise ValueError("s3_bucket: required when s3_data_prefix is given")
+        return self
+
+    @property
+    def n_classes(self) -> int:
+        return self.dataset.n_classes
+
+    @property
+    def data_url(self) -> str:
+        """Where the session folders live: a local path, file:// or s3:// URL."""
+        if self.s3_bucket:
+            prefix = (self.s3_data_prefix or "").strip("/")
+            return f"s3://{self.s3_bucket}/{prefix}" if prefix else f"s3://{self.s3_bucket}"
+        return self.dataset.dataset_dir
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def _format_error(err: ValidationError) -> ConfigError:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    msg = first["msg"]
+    # Cross-field checks raise "key: reason" from a model validator; move the key into loc.
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    head, sep, rest = msg.partition(": ")
+    if sep and " " not in head and head.replace("_", "").replace(".", "").isalnum():
+        loc.append(head)
+        msg = rest
+    key = ".".join(loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    if "input" in first and first["type"] not in ("extra_forbidden", "missing", "value_error"):
+        shown = repr(first["input"])
+        if len(shown) <= 60:
+            msg = f"{msg} (got {shown})"
+    extra = len(err.errors()) - 1
+    if extra:
+        msg = f"{msg} (and {extra} more problem{'s' if extra > 1 else ''})"
+    return ConfigError(key, msg)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``dotted.key=value`` with the value parsed as YAML (``5``, ``true``, ``[1, 2]``, ``None``)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(key or item, f"override must look like dotted.key=value, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(key, f"value is not valid YAML: {e.problem if hasattr(e, 'problem') else e}") from e
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(path[: depth + 1]), "is not a section, cannot set a key inside it")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
+    data = apply_overrides(_plain(raw), overrides)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise _format_error(e) from None
+
+
+def read_config_file(path: Union[str, Path]) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError("", f"config file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError("", f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("", f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: Union[str, Path, None], overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a reference-format YAML file (or the bundled demo config when ``path`` is None)."""
+    raw = read_config_file(path if path is not None else DEMO_CONFIG)
+    return config_from_dict(raw, overrides)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _plain(raw: Mapping[str, Any]) -> dict:
+    """A deep copy with plain dicts (OmegaConf/other mappings become dicts)."""
+    if isinstance(raw, Mapping):
+        return {str(k) if not isinstance(k, int) else k: _plain(v) for k, v in raw.items()}
+    if isinstance(raw, (list, tuple)):
+        return [_plain(v) for v in raw]  # type: ignore[return-value]
+    return raw  # type: ignore[return-value]
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+REFERENCE_CONFIG = CONFIG_DIR / "rnn_args.yaml"
