@@ -1,0 +1,32 @@
+# The two commands of the README. Both create .venv/ (once) and install everything into it.
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+
+.PHONY: setup demo test synth bench clean
+
+.venv/.installed: pyproject.toml package.json package-lock.json
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev]'
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+setup: .venv/.installed
+
+# Train the demo decoder on synthetic t15 data streamed from a local S3 endpoint: no AWS account needed.
+demo: setup
+	$(PY) -m launcher start --local -y
+
+test: setup
+	$(PY) -m pytest
+
+synth: setup
+	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 npx cdk synth --quiet
+
+bench: setup
+	$(PY) bench/learn.py
+	$(PY) bench/stream.py
+	$(PY) bench/dry_run.py
+
+clean:
+	rm -rf .venv node_modules cdk.out runs .pytest_cache
