@@ -8,6 +8,9 @@ PIP := .venv/bin/pip
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[dev]'
+	# checkov pins boto3 1.35 / packaging<24: it gets its own folder inside .venv, run through a wrapper.
+	$(PIP) install --quiet --target .venv/tools/checkov 'checkov==3.3.30' 2>&1 | grep -v 'requires\|incompatible' || true
+	install -m 755 tools/checkov .venv/bin/checkov
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
