@@ -9,7 +9,7 @@ PIP := .venv/bin/pip
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[dev]'
 	# checkov pins boto3 1.35 / packaging<24: it gets its own folder inside .venv, run through a wrapper.
-	$(PIP) install --quiet --target .venv/tools/checkov 'checkov==3.3.30' 2>&1 | grep -v 'requires\|incompatible' || true
+	$(PIP) install --quiet --no-warn-conflicts --target .venv/tools/checkov 'checkov==3.3.30'
 	install -m 755 tools/checkov .venv/bin/checkov
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
