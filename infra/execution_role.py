@@ -1,0 +1,94 @@
+"""The role SageMaker assumes to run a training job: explicit statements, no managed policies.
+
+Its scope follows the key layout in `infra.outputs`: read `data/` in the data bucket; read
+and write `jobs/` (model output, config channel) and `checkpoints/` (synced both ways on
+spot restarts) in the output bucket; pull this repository's image; write this log group;
+put metrics in the SageMaker namespace.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Aws
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from infra import statements
+from infra.nag import acknowledge, acknowledge_wildcard_resources
+from infra.outputs import CHECKPOINT_KEY_PREFIX, DATA_KEY_PREFIX, METRIC_NAMESPACE, OUTPUT_KEY_PREFIX
+
+ECR_PULL_ACTIONS = ("ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer")
+LOG_WRITE_ACTIONS = ("logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents")
+# SageMaker creates the account's training log group on first use when it is missing.
+LOG_CREATE_GROUP_ACTION = "logs:CreateLogGroup"
+OUTPUT_OBJECT_ACTIONS = ("s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:PutObject")
+
+
+class ExecutionRole(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        data_bucket: s3.IBucket,
+        output_bucket: s3.IBucket,
+        repository: ecr.IRepository,
+        log_group: logs.ILogGroup,
+        log_group_is_imported: bool,
+        encryption_key: kms.IKey | None,
+    ) -> None:
+        super().__init__(scope, id_)
+        output_prefixes = (OUTPUT_KEY_PREFIX, CHECKPOINT_KEY_PREFIX)
+        log_actions = [*LOG_WRITE_ACTIONS, *([LOG_CREATE_GROUP_ACTION] if log_group_is_imported else [])]
+        policy_statements = [
+            statements.list_bucket("ListData", data_bucket, [DATA_KEY_PREFIX]),
+            statements.object_access("ReadData", data_bucket, [DATA_KEY_PREFIX], ["s3:GetObject"]),
+            statements.list_bucket("ListOutputs", output_bucket, output_prefixes),
+            statements.object_access("ReadWriteOutputs", output_bucket, output_prefixes, OUTPUT_OBJECT_ACTIONS),
+            iam.PolicyStatement(sid="PullImage", actions=list(ECR_PULL_ACTIONS), resources=[repository.repository_arn]),
+            iam.PolicyStatement(sid="EcrLogin", actions=[statements.ECR_AUTH_ACTION], resources=["*"]),
+            iam.PolicyStatement(sid="WriteLogs", actions=log_actions, resources=[log_group.log_group_arn]),
+            iam.PolicyStatement(
+                sid="PutMetrics",
+                actions=[statements.PUT_METRIC_ACTION],
+                resources=["*"],
+                conditions={"StringEquals": {"cloudwatch:namespace": METRIC_NAMESPACE}},
+            ),
+        ]
+        if encryption_key is not None:
+            policy_statements.append(statements.kms_use("UseStackKey", encryption_key))
+
+        self.role = iam.Role(
+            self,
+            "Role",
+            description="Assumed by SageMaker training jobs of this project",
+            assumed_by=iam.ServicePrincipal(
+                "sagemaker.amazonaws.com",
+                # Confused-deputy guard: only SageMaker acting for this account may assume it.
+                conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}},
+            ),
+            inline_policies={"Training": iam.PolicyDocument(statements=policy_statements)},
+        )
+        acknowledge_wildcard_resources(
+            self.role,
+            [
+                *statements.object_arns(data_bucket, [DATA_KEY_PREFIX]),
+                *statements.object_arns(output_bucket, output_prefixes),
+            ],
+            reason="Object ARNs are limited to the fixed key prefixes of infra/outputs.py; "
+            "job and checkpoint names are only known at launch time.",
+        )
+        acknowledge_wildcard_resources(
+            self.role,
+            [log_group.log_group_arn],
+            reason="The training log group's ARN ends in ':*' to cover its log streams (one per job and host).",
+        )
+        acknowledge(
+            self.role,
+            "AwsSolutions-IAM5[Resource::*]",
+            reason="Only ecr:GetAuthorizationToken and cloudwatch:PutMetricData (namespace-conditioned) "
+            "use '*': neither supports resource-level permissions.",
+        )

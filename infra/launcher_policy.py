@@ -1,0 +1,108 @@
+"""The managed policy for the people and CI jobs that launch training (attach it to them).
+
+It can start, watch and stop this project's jobs only (names `<prefix>-*`), pass only the
+execution role and only to SageMaker, upload data and job configs, download job outputs,
+read checkpoints and the training logs, and read this stack's outputs.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Arn, ArnFormat, Aws, Stack
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from infra import statements
+from infra.nag import acknowledge, acknowledge_wildcard_resources
+from infra.outputs import CHECKPOINT_KEY_PREFIX, DATA_KEY_PREFIX, OUTPUT_KEY_PREFIX
+
+TRAINING_JOB_ACTIONS = (
+    "sagemaker:AddTags",
+    "sagemaker:CreateTrainingJob",
+    "sagemaker:DescribeTrainingJob",
+    "sagemaker:StopTrainingJob",
+)
+# sagemaker:ListTrainingJobs has no resource-level permissions (the Service Authorization
+# Reference lists no resource type for it), so it can only be granted on "*". It reveals job
+# names and states, not data; the launcher filters by name prefix itself.
+UNSCOPABLE_LAUNCHER_ACTIONS = ("sagemaker:ListTrainingJobs",)
+LOG_READ_ACTIONS = ("logs:DescribeLogStreams", "logs:FilterLogEvents", "logs:GetLogEvents")
+UPLOAD_ACTIONS = ("s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject")
+
+
+class LauncherPolicy(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id_: str,
+        *,
+        job_name_prefix: str,
+        execution_role: iam.IRole,
+        data_bucket: s3.IBucket,
+        output_bucket: s3.IBucket,
+        repository: ecr.IRepository,
+        log_group: logs.ILogGroup,
+        encryption_key: kms.IKey | None,
+    ) -> None:
+        super().__init__(scope, id_)
+        training_jobs = Arn.format(
+            {
+                "service": "sagemaker",
+                "resource": "training-job",
+                "resource_name": f"{job_name_prefix}-*",
+                "arn_format": ArnFormat.SLASH_RESOURCE_NAME,
+            },
+            Stack.of(self),
+        )
+        policy_statements = [
+            iam.PolicyStatement(sid="ManageJobs", actions=list(TRAINING_JOB_ACTIONS), resources=[training_jobs]),
+            iam.PolicyStatement(sid="ListJobs", actions=list(UNSCOPABLE_LAUNCHER_ACTIONS), resources=["*"]),
+            iam.PolicyStatement(
+                sid="PassExecutionRole",
+                actions=["iam:PassRole"],
+                resources=[execution_role.role_arn],
+                conditions={"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+            ),
+            statements.list_bucket("ListData", data_bucket, [DATA_KEY_PREFIX]),
+            statements.object_access("UploadData", data_bucket, [DATA_KEY_PREFIX], UPLOAD_ACTIONS),
+            statements.list_bucket("ListOutputs", output_bucket, [OUTPUT_KEY_PREFIX, CHECKPOINT_KEY_PREFIX]),
+            statements.object_access("ReadWriteJobs", output_bucket, [OUTPUT_KEY_PREFIX], UPLOAD_ACTIONS),
+            statements.object_access("ReadCheckpoints", output_bucket, [CHECKPOINT_KEY_PREFIX], ["s3:GetObject"]),
+            iam.PolicyStatement(sid="ReadStackOutputs", actions=["cloudformation:DescribeStacks"],
+                                resources=[Aws.STACK_ID]),
+            iam.PolicyStatement(sid="DescribeImages", actions=["ecr:DescribeImages"],
+                                resources=[repository.repository_arn]),
+            iam.PolicyStatement(sid="ReadLogs", actions=list(LOG_READ_ACTIONS), resources=[log_group.log_group_arn]),
+        ]
+        if encryption_key is not None:
+            policy_statements.append(statements.kms_use("UseStackKey", encryption_key))
+
+        self.policy = iam.ManagedPolicy(
+            self,
+            "Policy",
+            description=f"Launch and follow SageMaker training jobs named {job_name_prefix}-*",
+            statements=policy_statements,
+        )
+        acknowledge_wildcard_resources(
+            self.policy,
+            [
+                training_jobs,
+                *statements.object_arns(data_bucket, [DATA_KEY_PREFIX]),
+                *statements.object_arns(output_bucket, [OUTPUT_KEY_PREFIX, CHECKPOINT_KEY_PREFIX]),
+            ],
+            reason="Job ARNs are limited to this project's job-name prefix and object ARNs to the fixed "
+            "key prefixes of infra/outputs.py; names are only known at launch time.",
+        )
+        acknowledge_wildcard_resources(
+            self.policy,
+            [log_group.log_group_arn],
+            reason="The training log group's ARN ends in ':*' to cover its log streams (one per job and host).",
+        )
+        acknowledge(
+            self.policy,
+            "AwsSolutions-IAM5[Resource::*]",
+            reason="Only sagemaker:ListTrainingJobs uses '*': it supports no resource-level permissions.",
+        )

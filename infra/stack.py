@@ -1,0 +1,89 @@
+"""The training stack: wires the constructs of infra/ and declares the launcher's outputs."""
+
+from __future__ import annotations
+
+from aws_cdk import Aws, CfnOutput, Environment, Stack
+from constructs import Construct
+
+from infra import outputs
+from infra.ci_deploy_role import CiDeployRole
+from infra.encryption import stack_key
+from infra.execution_role import ExecutionRole
+from infra.launcher_policy import LauncherPolicy
+from infra.logs import TrainingLogs
+from infra.registry import ImageRegistry
+from infra.settings import StackSettings
+from infra.storage import Storage
+
+
+class TrainingStack(Stack):
+    def __init__(self, scope: Construct, *, settings: StackSettings) -> None:
+        super().__init__(
+            scope,
+            settings.stack_name,
+            env=Environment(account=settings.account, region=settings.region),
+            description=f"SageMaker training environment for {settings.project} (brain-to-text)",
+        )
+        key = stack_key(self, "Key", setting=settings.kms, alias=f"alias/{settings.project}-training")
+        storage = Storage(
+            self,
+            "Storage",
+            encryption_key=key,
+            existing_data_bucket=settings.existing_data_bucket,
+            checkpoint_expiry_days=settings.checkpoint_expiry_days,
+            noncurrent_version_expiry_days=settings.noncurrent_version_expiry_days,
+            access_log_expiry_days=settings.log_retention_days,
+        )
+        registry = ImageRegistry(
+            self,
+            "Registry",
+            repository_name=settings.ecr_repository_name,
+            keep_images=settings.ecr_keep_images,
+            encryption_key=key,
+        )
+        logs = TrainingLogs(
+            self, "TrainingLogs", create=settings.create_training_log_group, retention_in_days=settings.log_retention_days
+        )
+        execution = ExecutionRole(
+            self,
+            "Execution",
+            data_bucket=storage.data_bucket,
+            output_bucket=storage.output_bucket,
+            repository=registry.repository,
+            log_group=logs.log_group,
+            log_group_is_imported=not settings.create_training_log_group,
+            encryption_key=key,
+        )
+        launcher = LauncherPolicy(
+            self,
+            "Launcher",
+            job_name_prefix=settings.project,
+            execution_role=execution.role,
+            data_bucket=storage.data_bucket,
+            output_bucket=storage.output_bucket,
+            repository=registry.repository,
+            log_group=logs.log_group,
+            encryption_key=key,
+        )
+
+        declared = {
+            outputs.DATA_BUCKET: storage.data_bucket.bucket_name,
+            outputs.OUTPUT_BUCKET: storage.output_bucket.bucket_name,
+            outputs.EXECUTION_ROLE_ARN: execution.role.role_arn,
+            outputs.ECR_REPOSITORY_URI: registry.repository.repository_uri,
+            outputs.ECR_REPOSITORY_NAME: registry.repository.repository_name,
+            outputs.TRAINING_LOG_GROUP: logs.log_group.log_group_name,
+            outputs.LAUNCHER_POLICY_ARN: launcher.policy.managed_policy_arn,
+            outputs.REGION: Aws.REGION,
+            outputs.JOB_NAME_PREFIX: settings.project,
+            outputs.DATA_PREFIX: outputs.DATA_KEY_PREFIX,
+        }
+        if settings.github is not None:
+            ci = CiDeployRole(
+                self, "CiDeploy", github=settings.github, bootstrap_qualifier=settings.bootstrap_qualifier
+            )
+            declared[outputs.DEPLOY_ROLE_ARN] = ci.role.role_arn
+        if key is not None:
+            declared[outputs.KMS_KEY_ARN] = key.key_arn
+        for key_name, value in declared.items():
+            CfnOutput(self, key_name, value=value).override_logical_id(key_name)
