@@ -103,6 +103,7 @@ class StorageConfig(_Strict):
     endpoint_url: Optional[str] = None  # a local S3 endpoint; also AWS_ENDPOINT_URL_S3
     region: Optional[str] = None
     max_attempts: int = Field(10, ge=1)  # botocore retries per request
+    retry_mode: Literal["standard", "adaptive"] = "standard"  # botocore retry mode
     connect_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(60.0, gt=0)
     parts_in_flight: int = Field(16, ge=1)  # parallel ranged GETs per object
