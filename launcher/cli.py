@@ -1,0 +1,70 @@
+"""`python -m launcher` / `b2t`: one sub-command per module in launcher/commands/.
+
+This module only wires argparse to the commands and turns errors into exit codes: a user
+error (a config problem, a missing stack, an absent image...) prints one line and exits
+non-zero; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+COMMANDS = ("start", "status", "list", "logs", "stop", "download", "upload", "resume", "image")
+
+DESCRIPTION = """\
+Train the Brain-to-Text decoder on SageMaker from the B2tSageMaker stack's outputs.
+
+examples:
+  python -m launcher start --local -y                     # no AWS: synthetic data, local S3, this machine
+  python -m launcher upload ~/data/hdf5_data_final        # sync sessions to the data bucket
+  python -m launcher start --config rnn_args.yaml --dry-run
+  python -m launcher start --config rnn_args.yaml -y
+  python -m launcher logs JOB --follow
+  python -m launcher download JOB
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m launcher",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the launcher does")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"launcher.commands.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from trainer.config import ConfigError
+
+    from .errors import LauncherError
+
+    try:
+        return int(args.run(args) or 0)
+    except ConfigError as e:
+        print(f"error: config: {e}", file=sys.stderr)
+        return 2
+    except LauncherError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

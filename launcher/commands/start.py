@@ -1,0 +1,123 @@
+"""`start`: validate the config, check the stack, data and image, show the cost, submit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import add_aws_args, command_parser
+
+EXAMPLES = """
+python -m launcher start --local -y                         # demo: synthetic data, local S3, no AWS
+python -m launcher start --local --config rnn_args.yaml --data ~/data/hdf5_data_final --num-training-batches 200
+python -m launcher start --config rnn_args.yaml --dry-run   # print the request, submit nothing
+python -m launcher start --config rnn_args.yaml -y          # managed spot on ml.g5.2xlarge
+python -m launcher start --config rnn_args.yaml --instance-type ml.g4dn.xlarge --batch-size 32 \\
+    --num-training-batches 1000 --on-demand --max-run 2 --set lr_max=0.004 --wait
+"""
+
+
+def add_parser(sub) -> None:
+    p = command_parser(
+        sub,
+        "start",
+        "submit a training job (or run it locally with --local)",
+        EXAMPLES,
+        "Validate the config with the trainer's own model, read the stack outputs, check that every "
+        "configured session is in the data bucket and the image tag is in ECR, show a summary with a "
+        "cost estimate, ask, and submit a SageMaker training job (managed spot by default)",
+    )
+    p.add_argument("--config", type=Path, help="reference-format YAML (default with --local: the demo config)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set dataset.batch_size=32 (repeatable)")
+    p.add_argument("--num-training-batches", type=int, metavar="N", help="shorthand for --set num_training_batches=N")
+    p.add_argument("--batch-size", type=int, metavar="N", help="shorthand for --set dataset.batch_size=N")
+    g = p.add_argument_group("job")
+    g.add_argument("--job-name", help="job name (the stack's prefix is added when missing; default: <prefix>-<config>-<time>)")
+    g.add_argument("--instance-type", default="ml.g5.2xlarge", help="default: %(default)s")
+    g.add_argument("--instance-count", type=int, default=1, metavar="N", help="default: %(default)s")
+    g.add_argument("--volume-gb", type=int, default=50, metavar="GB", help="instance volume (default: %(default)s)")
+    g.add_argument("--on-demand", action="store_true", help="on-demand instead of managed spot")
+    g.add_argument("--no-checkpoints", action="store_true", help="no checkpoint sync (only with --on-demand)")
+    g.add_argument("--max-run", type=float, default=24.0, metavar="HOURS", help="stop after this long (default: %(default)s)")
+    g.add_argument("--max-wait", type=float, metavar="HOURS", help="spot: give up waiting after this long (default: 2 × --max-run)")
+    g.add_argument("--image-tag", default="latest", help="ECR image tag (default: %(default)s)")
+    g.add_argument("--data-prefix", default="", metavar="P", help="session folders under <data prefix>/P/ (as `upload --prefix P`)")
+    g.add_argument("--dry-run", action="store_true", help="print the request; change nothing")
+    g.add_argument("-y", "--yes", action="store_true", help="submit without asking")
+    g.add_argument("--wait", action="store_true", help="follow the logs until the job ends")
+    loc = p.add_argument_group("local mode")
+    loc.add_argument("--local", action="store_true", help="run the same job on this machine (no Docker, no AWS)")
+    loc.add_argument("--runs-dir", type=Path, default=Path("runs"), help="local jobs and data cache (default: %(default)s)")
+    loc.add_argument("--data", type=Path, metavar="DIR", help="local session folders to serve (default: synthetic data)")
+    add_aws_args(p)
+    p.set_defaults(run=run)
+
+
+def options(args: argparse.Namespace):
+    from launcher.launch import StartOptions
+
+    return StartOptions(
+        config=args.config,
+        overrides=tuple(args.overrides),
+        instance_type=args.instance_type,
+        instance_count=args.instance_count,
+        num_training_batches=args.num_training_batches,
+        batch_size=args.batch_size,
+        job_name=args.job_name,
+        spot=not args.on_demand,
+        checkpoints=not args.no_checkpoints,
+        max_run_hours=args.max_run,
+        max_wait_hours=args.max_wait,
+        image_tag=args.image_tag,
+        data_prefix=args.data_prefix,
+        volume_gb=args.volume_gb,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from launcher import launch
+
+    opts = options(args)
+    if args.local:
+        from launcher import local
+        from trainer.config import DEMO_CONFIG
+
+        loaded = launch.load(opts.config, opts.all_overrides(), default=DEMO_CONFIG)
+        return local.run_local(opts, loaded, runs_dir=args.runs_dir, data_dir=args.data, dry_run=args.dry_run)
+
+    # Validate the config before any AWS call: a typo costs nothing here.
+    loaded = launch.load(opts.config, opts.all_overrides())
+    from . import connect
+
+    aws, outputs = connect(args)
+    plan = launch.plan(opts, loaded, outputs)
+    return submit_plan(aws, plan, dry_run=args.dry_run, yes=args.yes, wait=args.wait)
+
+
+def submit_plan(aws, plan, *, dry_run: bool, yes: bool, wait: bool) -> int:
+    """Pre-flight, summary, confirmation, submission; shared by `start` and `resume`."""
+    from launcher import jobs, launch, ui
+
+    image = jobs.check_image(aws, plan.outputs, plan.spec.image_tag)
+    jobs.check_sessions(aws, plan.request["HyperParameters"]["data_url"], list(plan.loaded.config.dataset.sessions))
+    print("\n".join(launch.summary_lines(plan, sessions_ok=len(plan.loaded.config.dataset.sessions), image=image)))
+    if dry_run:
+        print("\nCreateTrainingJob request (dry run: nothing uploaded or submitted):")
+        print(json.dumps(plan.request, indent=2))
+        return 0
+    if not yes and not ui.confirm("\nSubmit this job?"):
+        print("not submitted")
+        return 1
+    jobs.upload_config(aws, plan.request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"],
+                       plan.spec.config_file, plan.loaded.text)
+    arn = jobs.submit(aws, plan.request)
+    print(f"\nsubmitted {plan.job_name}\n  {arn}")
+    print("next:\n" + "\n".join(launch.next_commands(ui.prog(), plan.job_name)))
+    if wait:
+        from .logs import stream
+
+        status = stream(aws, plan.outputs, plan.job_name, follow=True)
+        return 0 if status == "Completed" else 1
+    return 0

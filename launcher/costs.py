@@ -1,0 +1,118 @@
+"""Cost estimates from the bundled, dated price table (``launcher/data/prices.json``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Optional
+
+REFERENCE_BATCH_SIZE = 48  # the batch size the table's seconds_per_batch refer to
+VALIDATION_OVERHEAD = 1.10
+
+
+@dataclass(frozen=True)
+class InstancePrice:
+    instance_type: str
+    usd_per_hour: float
+    gpu: str
+    gpus: int
+    gpu_memory_gb: int
+    seconds_per_batch: float
+    seed: bool = False
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    region: str
+    as_of: str
+    source: str
+    instances: dict[str, InstancePrice]
+
+    def get(self, instance_type: str) -> Optional[InstancePrice]:
+        return self.instances.get(instance_type)
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    instance_type: str
+    instance_count: int
+    usd_per_hour: Optional[float]  # all instances together; None when the type is not in the table
+    max_hours: float
+    estimated_hours: Optional[float]
+    spot: bool
+    table: PriceTable
+
+    @property
+    def max_usd(self) -> Optional[float]:
+        return None if self.usd_per_hour is None else self.usd_per_hour * self.max_hours
+
+    @property
+    def estimated_usd(self) -> Optional[float]:
+        if self.usd_per_hour is None or self.estimated_hours is None:
+            return None
+        return self.usd_per_hour * min(self.estimated_hours, self.max_hours)
+
+    def lines(self) -> list[str]:
+        """The summary's cost lines."""
+        src = f"on-demand {self.table.region} prices as of {self.table.as_of} (launcher/data/prices.json)"
+        if self.usd_per_hour is None:
+            return [f"cost:      unknown: {self.instance_type} is not in the price table ({src})"]
+        n = f" × {self.instance_count}" if self.instance_count > 1 else ""
+        out = [f"cost:      ${self.usd_per_hour / self.instance_count:.3f}/h{n} = ${self.usd_per_hour:.3f}/h ({src})"]
+        if self.estimated_usd is not None:
+            out.append(
+                f"           ≈ ${self.estimated_usd:,.2f} for an estimated {self.estimated_hours:.1f} h of training "
+                f"(rough: table step time × batches + 10% validation)"
+            )
+        out.append(f"           at most ${self.max_usd:,.2f} if it runs the full --max-run {self.max_hours:g} h")
+        if self.spot:
+            out.append("           managed spot: billed only for the spot time used, usually well below these "
+                       "on-demand figures; `status` reports the real saving")
+        return out
+
+
+@lru_cache(maxsize=1)
+def price_table() -> PriceTable:
+    raw = json.loads(resources.files("launcher").joinpath("data/prices.json").read_text())
+    instances = {
+        name: InstancePrice(
+            instance_type=name,
+            usd_per_hour=float(v["usd_per_hour"]),
+            gpu=v["gpu"],
+            gpus=int(v["gpus"]),
+            gpu_memory_gb=int(v["gpu_memory_gb"]),
+            seconds_per_batch=float(v["seconds_per_batch"]),
+            seed=bool(v.get("seed", False)),
+        )
+        for name, v in raw["instances"].items()
+    }
+    return PriceTable(region=raw["region"], as_of=raw["as_of"], source=raw["source"], instances=instances)
+
+
+def estimate(
+    instance_type: str,
+    *,
+    instance_count: int = 1,
+    max_run_s: int,
+    num_batches: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    spot: bool = True,
+) -> CostEstimate:
+    table = price_table()
+    price = table.get(instance_type)
+    hourly = price.usd_per_hour * instance_count if price else None
+    est_hours = None
+    if price and num_batches:
+        scale = (batch_size or REFERENCE_BATCH_SIZE) / REFERENCE_BATCH_SIZE
+        est_hours = num_batches * price.seconds_per_batch * scale * VALIDATION_OVERHEAD / 3600
+    return CostEstimate(
+        instance_type=instance_type,
+        instance_count=instance_count,
+        usd_per_hour=hourly,
+        max_hours=max_run_s / 3600,
+        estimated_hours=est_hours,
+        spot=spot,
+        table=table,
+    )

@@ -1,0 +1,354 @@
+"""The AWS side of every command: pre-flight checks, submit, describe, list, logs, stop, download.
+
+Each function takes an :class:`~launcher.aws.Aws` and plain values, returns plain data,
+and raises domain errors; printing belongs to the command modules.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from infra import outputs as keys
+
+from . import s3sync
+from .aws import Aws, aws_errors, error_code
+from .errors import ImageNotPushed, JobNotFound, LauncherError, MissingSessions
+from .stack import StackOutputs
+
+log = logging.getLogger(__name__)
+
+TERMINAL = ("Completed", "Failed", "Stopped")
+SESSION_FILE = "data_train.hdf5"
+
+
+# ---------------------------------------------------------------------------------------
+# Pre-flight
+
+
+def missing_sessions(aws: Aws, data_url: str, sessions: list[str]) -> list[str]:
+    """Sessions of the config with no ``<session>/data_train.hdf5`` under ``data_url``."""
+    bucket, prefix = s3sync.split_s3_url(data_url)
+    with aws_errors(f"listing {data_url}"):
+        present = s3sync.list_objects(aws.s3, bucket, prefix)
+    return [s for s in sessions if f"{prefix}{s}/{SESSION_FILE}" not in present]
+
+
+def check_sessions(aws: Aws, data_url: str, sessions: list[str]) -> None:
+    missing = missing_sessions(aws, data_url, sessions)
+    if missing:
+        raise MissingSessions(data_url, missing)
+
+
+def check_image(aws: Aws, outputs: StackOutputs, tag: str) -> dict[str, Any]:
+    """The ECR image detail of ``tag``; :class:`ImageNotPushed` when the tag is absent."""
+    from botocore.exceptions import ClientError
+
+    repo = outputs.ecr_repository_name
+    with aws_errors(f"looking up image {repo}:{tag}"):
+        try:
+            details = aws.client("ecr").describe_images(repositoryName=repo, imageIds=[{"imageTag": tag}])
+        except ClientError as e:
+            if error_code(e) in ("ImageNotFoundException", "RepositoryNotFoundException"):
+                raise ImageNotPushed(repo, tag) from e
+            raise
+    images = details.get("imageDetails", [])
+    if not images:
+        raise ImageNotPushed(repo, tag)
+    return images[0]
+
+
+def upload_config(aws: Aws, config_uri: str, config_file: str, text: str) -> str:
+    bucket, prefix = s3sync.split_s3_url(config_uri)
+    key = prefix + config_file
+    with aws_errors(f"uploading the config to s3://{bucket}/{key}"):
+        aws.s3.put_object(Bucket=bucket, Key=key, Body=text.encode(), ContentType="application/x-yaml")
+    return f"s3://{bucket}/{key}"
+
+
+def submit(aws: Aws, request: dict[str, Any]) -> str:
+    with aws_errors(f"submitting {request['TrainingJobName']}"):
+        return aws.sagemaker.create_training_job(**request)["TrainingJobArn"]
+
+
+# ---------------------------------------------------------------------------------------
+# Describe / status / list
+
+
+def describe(aws: Aws, job: str) -> dict[str, Any]:
+    from botocore.exceptions import ClientError
+
+    with aws_errors(f"describing {job}"):
+        try:
+            return aws.sagemaker.describe_training_job(TrainingJobName=job)
+        except ClientError as e:
+            text = str(e).lower()
+            if error_code(e) in ("ValidationException", "ResourceNotFound") and "not found" in text:
+                raise JobNotFound(job) from e
+            raise
+
+
+@dataclass
+class JobStatus:
+    name: str
+    status: str
+    secondary: str
+    instance: str
+    spot: bool
+    created: Optional[dt.datetime]
+    started: Optional[dt.datetime]
+    ended: Optional[dt.datetime]
+    training_s: Optional[int]
+    billable_s: Optional[int]
+    failure: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_uri: str = ""
+
+    @property
+    def spot_savings_pct(self) -> Optional[float]:
+        if not self.spot or not self.training_s or self.billable_s is None:
+            return None
+        return (1 - self.billable_s / self.training_s) * 100
+
+    def rows(self) -> list[tuple[str, str]]:
+        rc = self.instance
+        rows = [
+            ("job", self.name),
+            ("status", self.status),
+            ("secondary status", self.secondary or "-"),
+            ("instance", f"{rc}{' (managed spot)' if self.spot else ' (on-demand)'}"),
+            ("created", _time(self.created)),
+            ("started", _time(self.started)),
+            ("ended", _time(self.ended)),
+            ("training time", _seconds(self.training_s)),
+            ("billable time", _seconds(self.billable_s)),
+        ]
+        if self.spot_savings_pct is not None:
+            rows.append(("spot savings", f"{self.spot_savings_pct:.0f}%"))
+        if self.failure:
+            rows.append(("failure", self.failure))
+        for name, value in self.metrics.items():
+            rows.append((f"metric {name}", f"{value:g}"))
+        if self.model_uri:
+            rows.append(("model", self.model_uri))
+        return rows
+
+
+def job_status(desc: dict[str, Any], metrics: Optional[dict[str, float]] = None) -> JobStatus:
+    rc = desc.get("ResourceConfig", {})
+    final = {m["MetricName"]: float(m["Value"]) for m in desc.get("FinalMetricDataList", []) or []}
+    return JobStatus(
+        name=desc["TrainingJobName"],
+        status=desc.get("TrainingJobStatus", "?"),
+        secondary=desc.get("SecondaryStatus", ""),
+        instance=f"{rc.get('InstanceCount', 1)} × {rc.get('InstanceType', '?')}",
+        spot=bool(desc.get("EnableManagedSpotTraining")),
+        created=desc.get("CreationTime"),
+        started=desc.get("TrainingStartTime"),
+        ended=desc.get("TrainingEndTime"),
+        training_s=desc.get("TrainingTimeInSeconds"),
+        billable_s=desc.get("BillableTimeInSeconds"),
+        failure=desc.get("FailureReason", ""),
+        metrics=metrics if metrics else final,
+        model_uri=desc.get("ModelArtifacts", {}).get("S3ModelArtifacts", ""),
+    )
+
+
+def last_logged_metrics(aws: Aws, log_group: str, job: str, limit: int = 2000) -> dict[str, float]:
+    """The latest value of each metric in the job's log (the running job has no final metrics yet)."""
+    import re
+
+    from .request import metric_definitions
+
+    patterns = [(d["Name"], re.compile(d["Regex"])) for d in metric_definitions()]
+    latest: dict[str, float] = {}
+    for event in log_events(aws, log_group, job, limit=limit):
+        for name, rx in patterns:
+            m = rx.search(event["message"])
+            if m:
+                try:
+                    latest[name] = float(m.group(1))
+                except ValueError:  # "nan"/"inf" parse; anything else is skipped
+                    pass
+    return latest
+
+
+def list_jobs(aws: Aws, prefix: str, max_results: int = 20, status: Optional[str] = None) -> list[dict[str, Any]]:
+    kwargs: dict[str, Any] = {
+        "NameContains": prefix + "-",
+        "SortBy": "CreationTime",
+        "SortOrder": "Descending",
+        "MaxResults": min(max_results, 100),
+    }
+    if status:
+        kwargs["StatusEquals"] = status
+    with aws_errors("listing training jobs"):
+        jobs = aws.sagemaker.list_training_jobs(**kwargs)["TrainingJobSummaries"]
+    mine = [j for j in jobs if j["TrainingJobName"].startswith(prefix + "-")]
+    mine.sort(key=lambda j: j.get("CreationTime") or dt.datetime.min.replace(tzinfo=dt.timezone.utc), reverse=True)
+    return mine[:max_results]
+
+
+# ---------------------------------------------------------------------------------------
+# Logs
+
+
+def log_events(
+    aws: Aws, log_group: str, job: str, *, start_ms: Optional[int] = None, limit: Optional[int] = None
+) -> Iterator[dict[str, Any]]:
+    """Events of every stream of ``job`` (``<job>/algo-N-<time>``), oldest first."""
+    from botocore.exceptions import ClientError
+
+    kwargs: dict[str, Any] = {"logGroupName": log_group, "logStreamNamePrefix": f"{job}/"}
+    if start_ms is not None:
+        kwargs["startTime"] = start_ms
+    seen = 0
+    with aws_errors(f"reading logs of {job}"):
+        try:
+            for page in aws.logs.get_paginator("filter_log_events").paginate(**kwargs):
+                for event in page.get("events", []):
+                    yield event
+                    seen += 1
+                    if limit is not None and seen >= limit:
+                        return
+        except ClientError as e:
+            if error_code(e) == "ResourceNotFoundException":  # no log group yet: nothing logged
+                return
+            raise
+
+
+def follow_logs(
+    aws: Aws, log_group: str, job: str, *, follow: bool, poll_s: float = 5.0, sleep=time.sleep
+) -> Iterator[str]:
+    """Log lines of ``job``; with ``follow`` keep polling until the job ends."""
+    seen: set[str] = set()
+    start_ms: Optional[int] = None
+    while True:
+        status = describe(aws, job)["TrainingJobStatus"] if follow else "Completed"
+        for event in log_events(aws, log_group, job, start_ms=start_ms):
+            if event["eventId"] in seen:
+                continue
+            seen.add(event["eventId"])
+            start_ms = max(start_ms or 0, event["timestamp"])
+            yield event["message"].rstrip("\n")
+        if status in TERMINAL:
+            return
+        sleep(poll_s)
+
+
+# ---------------------------------------------------------------------------------------
+# Stop / download / resume
+
+
+def stop(aws: Aws, job: str) -> str:
+    """Ask SageMaker to stop ``job``; returns the status it had."""
+    status = describe(aws, job)["TrainingJobStatus"]
+    if status in TERMINAL or status == "Stopping":
+        return status
+    with aws_errors(f"stopping {job}"):
+        aws.sagemaker.stop_training_job(TrainingJobName=job)
+    return status
+
+
+@dataclass
+class Download:
+    job_dir: Path
+    files: list[Path] = field(default_factory=list)
+    checkpoints: Optional[s3sync.SyncResult] = None
+
+
+def download(
+    aws: Aws, job: str, dest: Path, *, checkpoints: bool = False, progress: Optional[bool] = None
+) -> Download:
+    """Model artifact and output archive extracted under ``dest/<job>/``; checkpoints optionally."""
+    desc = describe(aws, job)
+    if desc["TrainingJobStatus"] in ("InProgress", "Stopping") and not checkpoints:
+        raise LauncherError(
+            f"job {job} is {desc['TrainingJobStatus']}: its model is written when it ends "
+            "(wait, or pass --checkpoints for the checkpoints saved so far)"
+        )
+    job_dir = Path(dest) / job
+    result = Download(job_dir=job_dir)
+    model_uri = desc.get("ModelArtifacts", {}).get("S3ModelArtifacts", "")
+    archives = []
+    if model_uri:
+        archives.append((model_uri, job_dir / "model"))
+        archives.append((model_uri.rsplit("/", 1)[0] + "/output.tar.gz", job_dir / "output"))
+    for uri, target in archives:
+        bucket, key = s3sync.split_s3_url(uri)
+        with aws_errors(f"downloading {uri}"):
+            objs = s3sync.list_objects(aws.s3, bucket, key)
+            if key not in objs:
+                log.info("%s not found; skipped", uri)
+                continue
+            fetched = s3sync.download_keys(
+                aws.s3, bucket, [objs[key]], key.rsplit("/", 1)[0], job_dir / "archives", progress=progress
+            )
+        archive = job_dir / "archives" / key.rsplit("/", 1)[1]
+        _extract(archive, target)
+        result.files.extend(sorted(p for p in target.rglob("*") if p.is_file()))
+        del fetched
+    ckpt = desc.get("CheckpointConfig", {}).get("S3Uri")
+    if checkpoints and ckpt:
+        bucket, prefix = s3sync.split_s3_url(ckpt)
+        with aws_errors(f"downloading {ckpt}"):
+            result.checkpoints = s3sync.download_prefix(aws.s3, bucket, prefix, job_dir / "checkpoints", progress=progress)
+    (job_dir / "job.json").parent.mkdir(parents=True, exist_ok=True)
+    (job_dir / "job.json").write_text(json.dumps(desc, indent=2, default=str))
+    return result
+
+
+def _extract(archive: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(target, filter="data")
+        else:  # Python < 3.11.4: refuse members that would land outside target
+            root = target.resolve()
+            for member in tar.getmembers():
+                if not (target / member.name).resolve().is_relative_to(root) or member.issym() or member.islnk():
+                    raise LauncherError(f"{archive.name}: unsafe member {member.name!r}")
+            tar.extractall(target)
+
+
+def copy_prefix(aws: Aws, src_uri: str, dest_uri: str) -> int:
+    """Server-side copy of every object under ``src_uri`` to ``dest_uri``; returns the count."""
+    sb, sp = s3sync.split_s3_url(src_uri)
+    db, dp = s3sync.split_s3_url(dest_uri)
+    with aws_errors(f"copying {src_uri} to {dest_uri}"):
+        objs = s3sync.list_objects(aws.s3, sb, sp)
+        for key in objs:
+            aws.s3.copy_object(Bucket=db, Key=dp + key[len(sp) :], CopySource={"Bucket": sb, "Key": key})
+    return len(objs)
+
+
+def count_objects(aws: Aws, uri: str) -> int:
+    bucket, prefix = s3sync.split_s3_url(uri)
+    with aws_errors(f"listing {uri}"):
+        return len(s3sync.list_objects(aws.s3, bucket, prefix))
+
+
+def log_group_of(outputs: StackOutputs) -> str:
+    return outputs.log_group or keys.TRAINING_LOG_GROUP_NAME
+
+
+def _time(value: Optional[dt.datetime]) -> str:
+    if not value:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _seconds(value: Optional[int]) -> str:
+    if value is None:
+        return "-"
+    h, rest = divmod(int(value), 3600)
+    m, s = divmod(rest, 60)
+    return f"{value} s ({h}h{m:02d}m{s:02d}s)"

@@ -1,0 +1,200 @@
+"""The `start` pipeline as typed steps: load and validate, plan, pre-flight, summarise, submit.
+
+The config is validated by the trainer's own model before anything touches AWS; the plan is
+pure (stack outputs in, request out) so that the cloud path, local mode and the SDK helper
+all run the very same request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import UsageError
+from .request import (
+    DEFAULT_IMAGE_TAG,
+    DEFAULT_INSTANCE_TYPE,
+    DEFAULT_MAX_RUN_HOURS,
+    DEFAULT_VOLUME_GB,
+    JobSpec,
+    build_training_job_request,
+    make_job_name,
+    qualify_job_name,
+    validate_request,
+)
+from .stack import StackOutputs
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    config: Optional[Path] = None
+    overrides: tuple[str, ...] = ()
+    instance_type: str = DEFAULT_INSTANCE_TYPE
+    instance_count: int = 1
+    num_training_batches: Optional[int] = None
+    batch_size: Optional[int] = None
+    job_name: Optional[str] = None
+    spot: bool = True
+    checkpoints: bool = True
+    max_run_hours: float = DEFAULT_MAX_RUN_HOURS
+    max_wait_hours: Optional[float] = None
+    image_tag: str = DEFAULT_IMAGE_TAG
+    data_prefix: str = ""
+    volume_gb: int = DEFAULT_VOLUME_GB
+
+    def all_overrides(self) -> tuple[str, ...]:
+        """``--set`` items, then the shorthand flags (which therefore win)."""
+        extra = []
+        if self.num_training_batches is not None:
+            extra.append(f"num_training_batches={self.num_training_batches}")
+        if self.batch_size is not None:
+            extra.append(f"dataset.batch_size={self.batch_size}")
+        return tuple(self.overrides) + tuple(extra)
+
+
+@dataclass
+class LoadedConfig:
+    file_name: str  # its name in the config channel
+    source: str  # where it was read from, for the summary
+    text: str  # uploaded verbatim; the overrides travel as a hyperparameter
+    config: Any  # trainer.config.TrainConfig, validated with the overrides applied
+
+
+@dataclass
+class Plan:
+    spec: JobSpec
+    request: dict[str, Any]
+    loaded: LoadedConfig
+    outputs: StackOutputs
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def job_name(self) -> str:
+        return self.spec.job_name
+
+
+def load(path: Optional[Path], overrides: tuple[str, ...], default: Optional[Path] = None) -> LoadedConfig:
+    """Read and validate the config exactly as the trainer will (raises ``ConfigError``)."""
+    from trainer.config import config_from_dict, read_config_file
+
+    path = Path(path) if path is not None else default
+    if path is None:
+        raise UsageError("start needs --config FILE (e.g. --config trainer/configs/rnn_args.yaml)")
+    raw = read_config_file(path)
+    cfg = config_from_dict(raw, overrides)
+    return LoadedConfig(file_name=path.name, source=str(path), text=path.read_text(), config=cfg)
+
+
+def load_text(text: str, file_name: str, source: str, overrides: tuple[str, ...]) -> LoadedConfig:
+    """Validate a config held in memory (`resume` reads the first job's from S3)."""
+    import yaml
+
+    from trainer.config import ConfigError, config_from_dict
+
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"{source}: not valid YAML ({e})") from None
+    return LoadedConfig(file_name=file_name, source=source, text=text, config=config_from_dict(raw, overrides))
+
+
+def plan(
+    opts: StartOptions,
+    loaded: LoadedConfig,
+    outputs: StackOutputs,
+    *,
+    now: Optional[dt.datetime] = None,
+    **spec_overrides: Any,
+) -> Plan:
+    """The job spec and validated request for ``opts`` on ``outputs``; no AWS call."""
+    prefix = outputs.job_name_prefix
+    name = (
+        qualify_job_name(opts.job_name, prefix)
+        if opts.job_name
+        else make_job_name(prefix, loaded.file_name, now)
+    )
+    spec = JobSpec(
+        job_name=name,
+        config_file=loaded.file_name,
+        overrides=opts.all_overrides(),
+        image_tag=opts.image_tag,
+        instance_type=opts.instance_type,
+        instance_count=opts.instance_count,
+        volume_gb=opts.volume_gb,
+        spot=opts.spot,
+        checkpoints=opts.checkpoints,
+        max_run_hours=opts.max_run_hours,
+        max_wait_hours=opts.max_wait_hours,
+        data_sub_prefix=opts.data_prefix,
+        **spec_overrides,
+    )
+    request = build_training_job_request(spec, outputs)
+    validate_request(request)
+    result = Plan(spec=spec, request=request, loaded=loaded, outputs=outputs)
+    cfg = loaded.config
+    if cfg.s3_bucket or (cfg.dataset.dataset_dir or "").startswith("s3://"):
+        result.notes.append(
+            f"the config's data location ({cfg.data_url}) is replaced by the stack's "
+            f"{request['HyperParameters']['data_url']}"
+        )
+    return result
+
+
+def summary_lines(
+    p: Plan, *, sessions_ok: Optional[int] = None, image: Optional[dict] = None, cost: bool = True
+) -> list[str]:
+    from .costs import estimate
+
+    r, s, cfg = p.request, p.spec, p.loaded.config
+    est = estimate(
+        s.instance_type,
+        instance_count=s.instance_count,
+        max_run_s=s.max_run_s,
+        num_batches=cfg.num_training_batches,
+        batch_size=cfg.dataset.batch_size,
+        spot=s.spot,
+    )
+    gpu = ""
+    if est.table.get(s.instance_type):
+        price = est.table.get(s.instance_type)
+        gpu = f" ({price.gpus} × {price.gpu}, {price.gpu_memory_gb} GB)"
+    mode = (
+        f"managed spot, max run {s.max_run_hours:g} h, max wait {s.max_wait_s / 3600:g} h"
+        if s.spot
+        else f"on-demand, max run {s.max_run_hours:g} h"
+    )
+    overrides = f" + {len(s.overrides)} override(s): {' '.join(s.overrides)}" if s.overrides else ""
+    pushed = ""
+    if image and image.get("imagePushedAt"):
+        at = image["imagePushedAt"]
+        pushed = f" (pushed {at:%Y-%m-%d %H:%M} UTC)" if isinstance(at, dt.datetime) else f" (pushed {at})"
+    sessions = len(cfg.dataset.sessions)
+    found = f", all {sessions} found" if sessions_ok is not None else ""
+    lines = [
+        f"job:         {s.job_name}",
+        f"config:      {p.loaded.source}{overrides}",
+        f"training:    {cfg.num_training_batches} batches of {cfg.dataset.batch_size}, {sessions} sessions{found}",
+        f"data:        {r['HyperParameters']['data_url']} (streamed by the trainer)",
+        f"image:       {r['AlgorithmSpecification']['TrainingImage']}{pushed}",
+        f"instance:    {s.instance_count} × {s.instance_type}{gpu}, {mode}",
+        f"role:        {r['RoleArn']}",
+        f"config in:   {r['InputDataConfig'][0]['DataSource']['S3DataSource']['S3Uri']}{s.config_file}",
+        f"checkpoints: {r['CheckpointConfig']['S3Uri'] if 'CheckpointConfig' in r else 'none'}",
+        f"model to:    {r['OutputDataConfig']['S3OutputPath']}{s.job_name}/output/model.tar.gz",
+        f"logs:        {p.outputs.log_group} (streams {s.job_name}/algo-*)",
+        *(est.lines() if cost else []),
+    ]
+    lines.extend(f"note:        {n}" for n in p.notes)
+    return lines
+
+
+def next_commands(prog: str, job: str) -> list[str]:
+    return [
+        f"  {prog} status {job}",
+        f"  {prog} logs {job} --follow",
+        f"  {prog} stop {job}",
+        f"  {prog} download {job}",
+        f"  {prog} resume {job}        # after a stop or failure: continue from its checkpoints",
+    ]

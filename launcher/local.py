@@ -1,0 +1,301 @@
+"""Local mode: the very same training job on this machine, without Docker or an AWS account.
+
+It builds the request the cloud path would submit (against placeholder stack outputs),
+serves the data through a local S3 endpoint (moto) so the trainer's S3 streaming path is
+the one that runs, lays the request out as the ``/opt/ml`` tree a SageMaker container sees
+under ``runs/<job>/``, and runs ``python -m trainer`` with the container's environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, TextIO
+
+from . import jobs, launch, s3sync
+from .errors import LauncherError, MissingSessions, UsageError
+from .stack import StackOutputs, placeholder_outputs
+
+log = logging.getLogger(__name__)
+
+LOCAL_REGION = "us-east-1"
+SYNTHETIC_VERSION = 1  # bump when trainer.synthetic's output changes, to regenerate the cache
+_READY = ".complete"
+STOP_GRACE_S = 120  # what SageMaker gives a container between SIGTERM and SIGKILL
+
+
+@dataclass
+class LocalResult:
+    job_dir: Path
+    returncode: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+# Data
+
+
+def synthetic_data(runs_dir: Path, config: Any, out: TextIO = sys.stdout) -> Path:
+    """The synthetic sessions for ``config``, generated once under ``runs/.data/``."""
+    from trainer.config import DIPHONE_CLASSES
+    from trainer.synthetic import SyntheticSpec, generate, session_names
+
+    wanted = list(config.dataset.sessions)
+    defaults = SyntheticSpec()
+    n = max(defaults.n_sessions, len(wanted))
+    spec = SyntheticSpec(
+        n_sessions=n,
+        n_features=config.dataset.neural_dim,
+        diphones=config.dataset.n_classes == DIPHONE_CLASSES,
+    )
+    available = session_names(spec.n_sessions, spec.first_session)
+    missing = [s for s in wanted if s not in available]
+    if missing:
+        raise MissingSessions(
+            "the synthetic data set (pass --data DIR with real session folders)", missing
+        )
+    tag = f"synthetic-v{SYNTHETIC_VERSION}-{n}s-{spec.n_features}f-{'di' if spec.diphones else 'ph'}"
+    root = runs_dir / ".data" / tag
+    if not (root / _READY).exists():
+        print(f"generating synthetic sessions once into {root} ...", file=out, flush=True)
+        shutil.rmtree(root, ignore_errors=True)
+        generate(root, spec)
+        (root / _READY).write_text("")
+    return root
+
+
+# ---------------------------------------------------------------------------------------
+# Local S3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalS3:
+    """A moto S3 endpoint on 127.0.0.1 for the duration of a local run."""
+
+    def __init__(self) -> None:
+        try:
+            from moto.server import ThreadedMotoServer
+        except ImportError as e:
+            raise UsageError(
+                "local mode needs moto's server: pip install -e '.[local]'"
+            ) from e
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+
+    def __enter__(self) -> "LocalS3":
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.stop()
+
+
+def local_env(endpoint: str) -> dict[str, str]:
+    """Dummy credentials and the endpoint: nothing in local mode can reach real AWS."""
+    return {
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_DEFAULT_REGION": LOCAL_REGION,
+        "AWS_REGION": LOCAL_REGION,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The /opt/ml tree
+
+
+def layout(job_dir: Path, request: dict[str, Any]) -> dict[str, Path]:
+    """Write the files SageMaker puts in a container for ``request`` under ``job_dir``."""
+    paths = {
+        "config": job_dir / "input" / "config",
+        "model": job_dir / "model",
+        "output": job_dir / "output",
+        "output_data": job_dir / "output" / "data",
+        "checkpoints": job_dir / "checkpoints",
+    }
+    for p in paths.values():
+        p.mkdir(parents=True, exist_ok=True)
+    rc = request["ResourceConfig"]
+    hosts = ["algo-1"]  # one process here, whatever InstanceCount says
+    files: dict[str, Any] = {
+        "hyperparameters.json": request["HyperParameters"],
+        "resourceconfig.json": {
+            "current_host": hosts[0],
+            "current_instance_type": rc["InstanceType"],
+            "current_group_name": "homogeneousCluster",
+            "hosts": hosts,
+            "instance_groups": [
+                {"instance_group_name": "homogeneousCluster", "instance_type": rc["InstanceType"], "hosts": hosts}
+            ],
+            "network_interface_name": "eth0",
+        },
+        "inputdataconfig.json": {
+            c["ChannelName"]: {
+                "ContentType": c.get("ContentType", ""),
+                "TrainingInputMode": c.get("InputMode", "File"),
+                "S3DistributionType": c["DataSource"]["S3DataSource"]["S3DataDistributionType"],
+                "RecordWrapperType": "None",
+            }
+            for c in request["InputDataConfig"]
+        },
+    }
+    if "CheckpointConfig" in request:
+        # The container sees /opt/ml/checkpoints; here that is <job>/checkpoints.
+        files["checkpointconfig.json"] = {
+            "LocalPath": str(paths["checkpoints"].resolve()),
+            "S3Uri": request["CheckpointConfig"]["S3Uri"],
+        }
+    for name, body in files.items():
+        (paths["config"] / name).write_text(json.dumps(body, indent=2) + "\n")
+    (job_dir / "request.json").write_text(json.dumps(request, indent=2) + "\n")
+    return paths
+
+
+def fetch_channels(s3, job_dir: Path, request: dict[str, Any]) -> None:
+    """File mode: copy every input channel to ``input/data/<channel>/`` as SageMaker does."""
+    for channel in request["InputDataConfig"]:
+        uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
+        bucket, prefix = s3sync.split_s3_url(uri)
+        s3sync.download_prefix(s3, bucket, prefix, job_dir / "input" / "data" / channel["ChannelName"], progress=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+
+
+def run_trainer(job_dir: Path, env: dict[str, str], out: TextIO = sys.stdout) -> LocalResult:
+    """``python -m trainer`` in the laid-out tree, its output streamed and kept in ``train.log``."""
+    from .request import metric_definitions
+
+    patterns = [(d["Name"], re.compile(d["Regex"])) for d in metric_definitions()]
+    result = LocalResult(job_dir=job_dir, returncode=-1)
+    project_root = Path(__file__).resolve().parents[1]
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(project_root), env.get("PYTHONPATH", "")]))}
+    with open(job_dir / "train.log", "w") as logfile:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trainer"],
+            cwd=job_dir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out.write(line)
+                out.flush()
+                logfile.write(line)
+                for name, rx in patterns:
+                    m = rx.search(line)
+                    if m:
+                        result.metrics[name] = float(m.group(1))
+            result.returncode = proc.wait()
+        except KeyboardInterrupt:
+            # As a SageMaker stop: SIGTERM, time to checkpoint, then SIGKILL.
+            print(f"\nstopping the trainer (SIGTERM, up to {STOP_GRACE_S} s to checkpoint) ...", file=out, flush=True)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                result.returncode = proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                result.returncode = proc.wait()
+            raise
+    return result
+
+
+def run_local(
+    opts: launch.StartOptions,
+    loaded: launch.LoadedConfig,
+    *,
+    runs_dir: Path,
+    data_dir: Optional[Path] = None,
+    dry_run: bool = False,
+    out: TextIO = sys.stdout,
+) -> int:
+    outputs: StackOutputs = placeholder_outputs(LOCAL_REGION)
+    plan = launch.plan(opts, loaded, outputs)
+    request = plan.request
+    job_dir = Path(runs_dir) / plan.job_name
+    print("\n".join(launch.summary_lines(plan, cost=False)), file=out)
+    print(f"local:       {job_dir}/ as /opt/ml; data served from a local S3 endpoint; no cost", file=out)
+    if dry_run:
+        print("\nCreateTrainingJob request (dry run: nothing run):", file=out)
+        print(json.dumps(request, indent=2), file=out)
+        return 0
+
+    if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            raise UsageError(f"--data {data_dir} is not a folder")
+        source = Path(data_dir)
+    else:
+        source = synthetic_data(Path(runs_dir), loaded.config, out)
+
+    from .aws import Aws
+
+    with LocalS3() as s3server:
+        aws = Aws(region=LOCAL_REGION, endpoint_url=s3server.url, credentials=("local", "local"))
+        for bucket in (outputs.data_bucket, outputs.output_bucket):
+            aws.s3.create_bucket(Bucket=bucket)
+        data_url = request["HyperParameters"]["data_url"]
+        bucket, prefix = s3sync.split_s3_url(data_url)
+        print(f"serving {source} as {data_url} on {s3server.url}", file=out, flush=True)
+        s3sync.upload_dir(aws.s3, source, bucket, prefix)
+        jobs.check_sessions(aws, data_url, list(loaded.config.dataset.sessions))
+        config_uri = request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
+        jobs.upload_config(aws, config_uri, plan.spec.config_file, loaded.text)
+
+        paths = layout(job_dir, request)
+        fetch_channels(aws.s3, job_dir, request)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(local_env(s3server.url))
+        env.update(request.get("Environment", {}))
+        env.update(
+            B2T_OPT_ML=str(job_dir.resolve()),
+            TRAINING_JOB_NAME=plan.job_name,
+            TRAINING_JOB_ARN=f"arn:aws:sagemaker:{LOCAL_REGION}:000000000000:training-job/{plan.job_name}",
+        )
+        print(f"\n$ B2T_OPT_ML={job_dir} python -m trainer", file=out, flush=True)
+        started = time.monotonic()
+        result = run_trainer(job_dir, env, out)
+
+    return report(plan.job_name, paths, result, time.monotonic() - started, out)
+
+
+def report(job: str, paths: dict[str, Path], result: LocalResult, seconds: float, out: TextIO) -> int:
+    failure = paths["output"] / "failure"
+    print("", file=out)
+    if result.returncode != 0 or failure.exists():
+        reason = failure.read_text().strip()[:1024] if failure.exists() else f"exit code {result.returncode}"
+        print(f"{job}: Failed after {seconds:.0f} s: {reason}", file=out)
+        print(f"log: {result.job_dir / 'train.log'}", file=out)
+        return 1
+    print(f"{job}: Completed in {seconds:.0f} s", file=out)
+    model_files = sorted(p for p in paths["model"].rglob("*") if p.is_file())
+    print(f"model:   {paths['model']}/ ({', '.join(p.name for p in model_files) or 'empty'})", file=out)
+    metric_files = sorted(p for p in paths["output_data"].rglob("metrics*") if p.is_file())
+    shown = ", ".join(str(p) for p in metric_files) or str(paths["output_data"])
+    print(f"metrics: {shown}", file=out)
+    if result.metrics:
+        print("last:    " + " ".join(f"{k}={v:g}" for k, v in result.metrics.items()), file=out)
+    print(f"log:     {result.job_dir / 'train.log'}", file=out)
+    return 0

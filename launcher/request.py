@@ -1,0 +1,214 @@
+"""The CreateTrainingJob request: one pure function builds it, botocore's model checks it.
+
+Everything a job needs is decided here, from a :class:`JobSpec` (what the user asked for)
+and the :class:`~launcher.stack.StackOutputs` (where things live). The cloud path submits
+the dict as is; local mode lays it out as an ``/opt/ml`` tree; the SDK helper mirrors it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from infra import outputs as keys
+
+from .errors import InvalidRequest, UsageError
+from .stack import StackOutputs
+
+CONFIG_CHANNEL = "config"
+CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
+DEFAULT_INSTANCE_TYPE = "ml.g5.2xlarge"
+DEFAULT_IMAGE_TAG = "latest"
+DEFAULT_MAX_RUN_HOURS = 24.0
+DEFAULT_VOLUME_GB = 50
+# SageMaker limits: MaxRuntimeInSeconds ≤ 28 days; a job name is ≤ 63 characters.
+MAX_RUNTIME_S = 28 * 24 * 3600
+MAX_JOB_NAME = 63
+_JOB_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+
+TAG_PROJECT = "project"
+TAG_CONFIG = "b2t:config"
+TAG_RESUMED_FROM = "b2t:resumed-from"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the user asked for; everything else comes from the stack outputs."""
+
+    job_name: str
+    config_file: str  # file name inside the config channel, e.g. "rnn_args.yaml"
+    overrides: tuple[str, ...] = ()
+    image_tag: str = DEFAULT_IMAGE_TAG
+    instance_type: str = DEFAULT_INSTANCE_TYPE
+    instance_count: int = 1
+    volume_gb: int = DEFAULT_VOLUME_GB
+    spot: bool = True
+    checkpoints: bool = True
+    max_run_hours: float = DEFAULT_MAX_RUN_HOURS
+    max_wait_hours: Optional[float] = None  # spot only; default: twice max_run_hours
+    data_sub_prefix: str = ""  # a folder under the stack's data prefix
+    data_url: Optional[str] = None  # set by `resume`: the first job's data location, verbatim
+    # Set by `resume`: keep the first job's checkpoints instead of the new job's own.
+    checkpoint_uri: Optional[str] = None
+    extra_tags: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def max_run_s(self) -> int:
+        return int(round(self.max_run_hours * 3600))
+
+    @property
+    def max_wait_s(self) -> int:
+        hours = self.max_wait_hours if self.max_wait_hours is not None else 2 * self.max_run_hours
+        return int(round(hours * 3600))
+
+
+# ---------------------------------------------------------------------------------------
+# Names and locations
+
+
+def make_job_name(prefix: str, config_file: str, now: Optional[dt.datetime] = None) -> str:
+    """``<prefix>-<config stem>-<UTC timestamp>``, within SageMaker's 63-character pattern."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    stamp = now.strftime("%Y%m%d-%H%M%S")
+    stem = re.sub(r"\.ya?ml$", "", config_file.rsplit("/", 1)[-1])
+    stem = re.sub(r"[^a-zA-Z0-9]+", "-", stem).strip("-").lower() or "job"
+    room = MAX_JOB_NAME - len(prefix) - len(stamp) - 2
+    return f"{prefix}-{stem[: max(room - 1, 0)].rstrip('-')}-{stamp}" if room > 1 else f"{prefix}-{stamp}"
+
+
+def qualify_job_name(name: str, prefix: str) -> str:
+    """Names of this project's jobs start with ``<prefix>-`` (the IAM policies rely on it)."""
+    full = name if name.startswith(prefix + "-") else f"{prefix}-{name}"
+    if not _JOB_NAME_RE.match(full):
+        raise UsageError(
+            f"job name {full!r} is not valid: letters, digits and hyphens, at most {MAX_JOB_NAME} characters"
+        )
+    return full
+
+
+def config_channel_uri(outputs: StackOutputs, job_name: str) -> str:
+    return f"s3://{outputs.output_bucket}/{keys.OUTPUT_KEY_PREFIX}{job_name}/input/{CONFIG_CHANNEL}/"
+
+
+def checkpoint_uri(outputs: StackOutputs, job_name: str) -> str:
+    return f"s3://{outputs.output_bucket}/{keys.CHECKPOINT_KEY_PREFIX}{job_name}/"
+
+
+def output_path(outputs: StackOutputs) -> str:
+    return f"s3://{outputs.output_bucket}/{keys.OUTPUT_KEY_PREFIX}"
+
+
+def image_uri(outputs: StackOutputs, tag: str) -> str:
+    return f"{outputs.ecr_repository_uri}:{tag}"
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics
+
+
+def metric_definitions() -> list[dict[str, str]]:
+    """The trainer's own MetricDefinitions (one regex per metric name it prints)."""
+    from trainer import metrics
+
+    return metrics.metric_definitions()
+
+
+# ---------------------------------------------------------------------------------------
+# The request
+
+
+def build_training_job_request(spec: JobSpec, outputs: StackOutputs) -> dict[str, Any]:
+    """The CreateTrainingJob parameters for ``spec`` on the stack ``outputs``. Pure: no I/O."""
+    if spec.spot and not spec.checkpoints:
+        raise UsageError("managed spot needs checkpoints to survive interruptions: drop --no-checkpoints or add --on-demand")
+    if not 0 < spec.max_run_s <= MAX_RUNTIME_S:
+        raise UsageError(f"--max-run must be between 1 second and {MAX_RUNTIME_S // 3600} hours")
+    if spec.spot and spec.max_wait_s < spec.max_run_s:
+        raise UsageError("--max-wait must be at least --max-run (SageMaker requires MaxWaitTime ≥ MaxRuntime)")
+    if spec.instance_count < 1:
+        raise UsageError("--instance-count must be at least 1")
+
+    stopping: dict[str, int] = {"MaxRuntimeInSeconds": spec.max_run_s}
+    if spec.spot:
+        stopping["MaxWaitTimeInSeconds"] = spec.max_wait_s
+
+    resources: dict[str, Any] = {
+        "InstanceType": spec.instance_type,
+        "InstanceCount": spec.instance_count,
+        "VolumeSizeInGB": spec.volume_gb,
+    }
+    output_config: dict[str, Any] = {"S3OutputPath": output_path(outputs)}
+    if outputs.kms_key_arn:
+        resources["VolumeKmsKeyId"] = outputs.kms_key_arn
+        output_config["KmsKeyId"] = outputs.kms_key_arn
+
+    tags = [
+        {"Key": TAG_PROJECT, "Value": outputs.job_name_prefix},
+        {"Key": TAG_CONFIG, "Value": spec.config_file},
+        *({"Key": k, "Value": v} for k, v in spec.extra_tags),
+    ]
+    request: dict[str, Any] = {
+        "TrainingJobName": spec.job_name,
+        "AlgorithmSpecification": {
+            "TrainingImage": image_uri(outputs, spec.image_tag),
+            "TrainingInputMode": "File",
+            "MetricDefinitions": metric_definitions(),
+            "EnableSageMakerMetricsTimeSeries": True,
+        },
+        "RoleArn": outputs.execution_role_arn,
+        # Only the config travels as a channel; the trainer streams the HDF5 sessions from
+        # data_url itself, so nothing is copied onto the instance's volume before training.
+        "InputDataConfig": [
+            {
+                "ChannelName": CONFIG_CHANNEL,
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": config_channel_uri(outputs, spec.job_name),
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+                "ContentType": "application/x-yaml",
+                "CompressionType": "None",
+                "InputMode": "File",
+            }
+        ],
+        "HyperParameters": {
+            "config_file": spec.config_file,
+            "data_url": spec.data_url or outputs.data_url(spec.data_sub_prefix),
+            "overrides": json.dumps(list(spec.overrides)),
+        },
+        "OutputDataConfig": output_config,
+        "ResourceConfig": resources,
+        "StoppingCondition": stopping,
+        "EnableManagedSpotTraining": spec.spot,
+        "Environment": {"PYTHONUNBUFFERED": "1"},
+        "Tags": tags,
+    }
+    if spec.checkpoints:
+        request["CheckpointConfig"] = {
+            "S3Uri": spec.checkpoint_uri or checkpoint_uri(outputs, spec.job_name),
+            "LocalPath": CHECKPOINT_LOCAL_PATH,
+        }
+    return request
+
+
+def validate_request(request: dict[str, Any]) -> None:
+    """Check ``request`` against botocore's CreateTrainingJob input shape, offline."""
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    name = request.get("TrainingJobName", "")
+    if not _JOB_NAME_RE.match(name):
+        raise InvalidRequest(f"TrainingJobName {name!r} does not match SageMaker's pattern {_JOB_NAME_RE.pattern}")
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    shape = model.operation_model("CreateTrainingJob").input_shape
+    report = ParamValidator().validate(request, shape)
+    if report.has_errors():
+        first = report.generate_report().splitlines()
+        problems = [line.strip() for line in first[1:] if line.strip()] or first
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise InvalidRequest(f"CreateTrainingJob request rejected offline: {problems[0]}{more}")
