@@ -14,6 +14,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from infra.nag import checkov_skip
 from infra.outputs import CHECKPOINT_KEY_PREFIX
 
 ABORT_INCOMPLETE_UPLOADS_AFTER_DAYS = 7
@@ -93,6 +94,11 @@ class Storage(Construct):
             extra_lifecycle_rules=[
                 s3.LifecycleRule(id="ExpireAccessLogs", expiration=Duration.days(access_log_expiry_days))
             ],
+        )
+        checkov_skip(
+            self.access_log_bucket,
+            "CKV_AWS_18",
+            "This is the server-access-log target; logging it to itself would loop.",
         )
         self.data_bucket: s3.IBucket
         if existing_data_bucket:
