@@ -12,10 +12,10 @@ moved between the reference trainer and this one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 PHONEME_CLASSES = 41
 DIPHONE_CLASSES = PHONEME_CLASSES * PHONEME_CLASSES
@@ -29,6 +29,13 @@ IGNORED_KEYS: dict[str, str] = {
     "mode": "only 'train' exists; evaluation is `python -m trainer.evaluate`",
     "save_val_data": "never read by the reference trainer",
     "log_val_skip_logs": "never read by the reference trainer",
+    "checkpoint_dir": "checkpoints go to <output>/checkpoints locally and to /opt/ml/checkpoints "
+    "(checkpointconfig.json LocalPath) in a SageMaker job",
+}
+# Reference keys whose value the entry point may replace.
+ENTRY_POINT_KEYS: dict[str, str] = {
+    "output_dir": "used when `python -m trainer` gets no --output; a SageMaker job writes to /opt/ml",
+    "dataset.dataset_dir": "replaced by --data or the job's data_url / data channel when given",
 }
 
 
@@ -127,8 +134,9 @@ class DatasetConfig(_Strict):
     test_percentage: float = Field(0.1, ge=0.0, le=1.0)
     feature_subset: Optional[list[int]] = None
     dataset_dir: str = "../data/hdf5_data_final"
-    # {session: {block_num: [trial_num, ...]}}: trials to leave out.
-    bad_trials_dict: Optional[dict[str, dict[int, list[int]]]] = None
+    # {session: {block_num: [trial_num, ...]}}: trials to leave out. Block numbers may be
+    # strings ("3") as JSON writes mapping keys.
+    bad_trials_dict: Optional[dict[str, dict[Annotated[int, Strict(False)], list[int]]]] = None
     sessions: list[str] = Field(default_factory=list, min_length=1)
     dataset_probability_val: Optional[list[float]] = None
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -380,7 +388,8 @@ def load_config(path: Union[str, Path, None], overrides: Sequence[str] = ()) -> 
 
 
 def dump_config(cfg: TrainConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The config as reference-format YAML that :func:`load_config` reads back unchanged."""
+    return yaml.safe_dump(cfg.model_dump(), sort_keys=False)
 
 
 def _plain(raw: Mapping[str, Any]) -> dict:

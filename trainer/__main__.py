@@ -1,0 +1,135 @@
+"""``python -m trainer``: train locally or inside a SageMaker training container.
+
+See :mod:`trainer.environment` for where inputs and outputs go. A bad config or bad data
+ends the run with one line naming the problem (and, in a container, the same line in
+``/opt/ml/output/failure``, which SageMaker shows as the job's FailureReason).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_DATA = 3
+EXIT_STOPPED = 128 + signal.SIGTERM  # 143: stopped on request, checkpoint saved
+
+log = logging.getLogger("trainer")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class StopFlag:
+    """Set by SIGTERM (SageMaker's stop / spot interruption, ~120 s grace) or SIGINT."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[int] = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.signal = signum
+        log.warning("received %s: finishing the current batch, saving a checkpoint, then exiting",
+                    signal.Signals(signum).name)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+
+
+def log_to_file(output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(output_dir / "training_log")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+
+
+def report_failure(reason: str, failure_file: Optional[Path]) -> None:
+    print(reason, file=sys.stderr, flush=True)
+    if failure_file is not None:
+        try:
+            failure_file.parent.mkdir(parents=True, exist_ok=True)
+            failure_file.write_text(reason + "\n")
+        except OSError as e:  # best effort: the reason is on stderr already
+            print(f"(could not write {failure_file}: {e.strerror})", file=sys.stderr)
+
+
+def run(argv: Sequence[str], env=os.environ) -> int:
+    from .environment import build_config, in_container, parse_cli, spec_from_cli, spec_from_container
+
+    container = not argv and in_container(env)
+    args = None if container else parse_cli(argv)
+    configure_logging(bool(args and args.verbose))
+    spec = spec_from_container(env) if container else spec_from_cli(args)
+    if spec.failure_file is not None:
+        spec.failure_file.unlink(missing_ok=True)  # a stale reason from an earlier attempt
+    for note in spec.notes:
+        log.warning(note)
+    cfg = build_config(spec)
+    log.info("config %s, data %s, output %s", spec.config_path, cfg.data_url, spec.paths.output_dir)
+
+    from .data import check_data
+    from .checks import check_against_data
+
+    summary = check_data(cfg)
+    check_against_data(cfg, summary)
+    if spec.dry_run:
+        print(f"dry run: config and data OK ({summary})", flush=True)
+        return EXIT_OK
+    from .train import COMPLETED, EARLY_STOPPED, train
+
+    log_to_file(spec.paths.output_dir)
+    stop = StopFlag()
+    stop.install()
+    result = train(cfg, spec.paths, should_stop=stop)
+    if result.status in (COMPLETED, EARLY_STOPPED):
+        print(f"done: {result.status} at step {result.step}, best val PER {result.best_val_PER:.4f}, "
+              f"model {result.model_path}", flush=True)
+        return EXIT_OK
+    return EXIT_STOPPED
+
+
+def main(argv: Optional[Sequence[str]] = None, env=os.environ) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    from .environment import failure_file_for
+    from .train import TrainingError
+
+    failure_file = failure_file_for(env) if not argv else None
+    try:
+        return run(argv, env)
+    except ConfigError as e:
+        report_failure(f"config error: {e}", failure_file)
+        return EXIT_CONFIG
+    except DataError as e:
+        report_failure(f"data error: {e}", failure_file)
+        return EXIT_DATA
+    except (CheckpointError, TrainingError) as e:
+        report_failure(f"training error: {e}", failure_file)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        report_failure("interrupted", None)
+        return 128 + signal.SIGINT
+    except Exception as e:  # a bug: full traceback for us, one line for the job's FailureReason
+        traceback.print_exc()
+        report_failure(f"internal error: {type(e).__name__}: {e}", failure_file)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

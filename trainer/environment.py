@@ -1,0 +1,255 @@
+"""Where a run reads its config and data and writes its outputs: local CLI or SageMaker container.
+
+Local::
+
+    python -m trainer --config FILE --data DIR_OR_URL --output DIR [--set k=v ...] [--dry-run]
+
+writes ``DIR/metrics.jsonl``, ``DIR/training_log``, ``DIR/model/`` and ``DIR/checkpoints/``.
+Without ``--output`` the config's ``output_dir`` is used; ``--config`` may name a bundled
+config (``rnn_args.yaml``, ``demo.yaml``) and defaults to the demo config.
+
+SageMaker container (custom image, no training toolkit): ``python -m trainer`` with no
+arguments, when ``<root>/input/config`` exists. ``<root>`` is ``/opt/ml``, or the value of
+the environment variable ``B2T_OPT_ML`` (the launcher's local mode and the tests lay out
+an /opt/ml-like tree and point it there). From the container contract:
+
+- config: the one ``.yaml`` file in channel ``config`` (``<root>/input/data/config/``), or
+  the file named by hyperparameter ``config_file`` there or among the bundled configs;
+- ``<root>/input/config/hyperparameters.json`` (all values are strings):
+  ``config_file``, ``data_url`` (``s3://bucket/prefix``), ``overrides`` (a JSON list of
+  ``dotted.key=value`` strings), ``dry_run`` (``true``/``false``); any other key is taken
+  as one more override ``key=value`` (keys starting ``sagemaker_`` are ignored);
+- data: ``data_url``, else an input channel ``data`` or ``train`` (File mode), else the
+  config's ``dataset.dataset_dir``;
+- checkpoints: ``LocalPath`` of ``<root>/input/config/checkpointconfig.json``, default
+  ``<root>/checkpoints`` (SageMaker syncs it to S3 and restores it on a spot restart);
+- model: ``<root>/model``; metrics/logs: ``<root>/output/data``; failure reason:
+  ``<root>/output/failure``.
+
+``SM_MODEL_DIR``, ``SM_OUTPUT_DATA_DIR`` and ``SM_CHANNEL_<NAME>`` are honoured where set
+(the SageMaker training toolkit sets them; a bare image does not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+from .config import CONFIG_DIR, DEMO_CONFIG, ConfigError, TrainConfig, load_config
+from .train import RunPaths
+
+log = logging.getLogger(__name__)
+
+ROOT_ENV = "B2T_OPT_ML"
+DEFAULT_ROOT = Path("/opt/ml")
+CONFIG_CHANNEL = "config"
+DATA_CHANNELS = ("data", "train")
+HP_CONFIG_FILE = "config_file"
+HP_DATA_URL = "data_url"
+HP_OVERRIDES = "overrides"
+HP_DRY_RUN = "dry_run"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run's inputs and output locations, however it was started."""
+
+    config_path: Path
+    paths: RunPaths
+    data_url: Optional[str] = None
+    overrides: tuple[str, ...] = ()
+    dry_run: bool = False
+    failure_file: Optional[Path] = None  # container mode only
+    container: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def container_root(env: Mapping[str, str] = os.environ) -> Path:
+    return Path(env.get(ROOT_ENV) or DEFAULT_ROOT)
+
+
+def in_container(env: Mapping[str, str] = os.environ) -> bool:
+    return (container_root(env) / "input" / "config").is_dir()
+
+
+def find_config(name: Optional[str]) -> Path:
+    """A config path as given, or a bundled config by file name; the demo config if None."""
+    if name is None:
+        return DEMO_CONFIG
+    path = Path(name)
+    if path.exists() or path.is_absolute() or len(path.parts) > 1:
+        return path
+    bundled = CONFIG_DIR / name
+    return bundled if bundled.exists() else path
+
+
+# ---------------------------------------------------------------------------------------
+# Local command line
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set dataset.batch_size=32 (repeatable)")
+
+
+def parse_cli(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description="Train the brain-to-text GRU/CTC phoneme decoder (reference rnn_args.yaml configs).",
+        epilog=(
+            "examples:\n"
+            "  python -m trainer.synthetic --out data/synthetic\n"
+            "  python -m trainer --config demo.yaml --data data/synthetic --output runs/demo\n"
+            "  python -m trainer --config rnn_args.yaml --data s3://bucket/t15 --output runs/base "
+            "--set num_training_batches=1000 --dry-run\n"
+            "  python -m trainer   # inside a SageMaker container: reads /opt/ml (or $B2T_OPT_ML)\n\n"
+            "exit status: 0 done, 2 bad config, 3 bad data, 1 other failure, 143 stopped by SIGTERM "
+            "(checkpoint saved; run again to resume)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML config in the reference format, or a bundled name (default: demo.yaml)")
+    p.add_argument("--data", help="dataset location: a directory, file:// or s3:// URL (default: dataset.dataset_dir)")
+    p.add_argument("--output", help="output directory (default: the config's output_dir)")
+    add_common_arguments(p)
+    p.add_argument("--dry-run", action="store_true", help="validate config and data index, then exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p.parse_args(argv)
+
+
+def spec_from_cli(args: argparse.Namespace) -> RunSpec:
+    config_path = find_config(args.config)
+    output = Path(args.output) if args.output else None
+    if output is None:
+        output = Path(load_config(config_path, args.overrides).output_dir)
+    paths = RunPaths(output_dir=output, model_dir=output / "model", checkpoint_dir=output / "checkpoints")
+    return RunSpec(config_path=config_path, paths=paths, data_url=args.data, overrides=tuple(args.overrides),
+                   dry_run=args.dry_run)
+
+
+# ---------------------------------------------------------------------------------------
+# SageMaker container
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(path.name, f"not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(path.name, "must hold a JSON object")
+    return data
+
+
+def _channel(root: Path, name: str, env: Mapping[str, str]) -> Optional[Path]:
+    path = Path(env.get(f"SM_CHANNEL_{name.upper()}") or root / "input" / "data" / name)
+    return path if path.is_dir() else None
+
+
+def _container_config(root: Path, hp: dict, env: Mapping[str, str]) -> Path:
+    name = hp.get(HP_CONFIG_FILE)
+    channel = _channel(root, CONFIG_CHANNEL, env)
+    if channel is not None:
+        if name:
+            if (channel / name).is_file():
+                return channel / name
+        else:
+            yamls = sorted(p for p in channel.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            if len(yamls) == 1:
+                return yamls[0]
+            if len(yamls) > 1:
+                raise ConfigError(HP_CONFIG_FILE, f"channel '{CONFIG_CHANNEL}' holds {len(yamls)} YAML files; "
+                                  "name one with hyperparameter config_file")
+    if name:
+        path = find_config(name)
+        if path.exists():
+            return path
+        raise ConfigError(HP_CONFIG_FILE, f"{name!r} is neither in channel '{CONFIG_CHANNEL}' nor a bundled config")
+    raise ConfigError(HP_CONFIG_FILE, f"no config: add input channel '{CONFIG_CHANNEL}' with one .yaml file "
+                      "or set hyperparameter config_file")
+
+
+def _overrides(hp: dict) -> list[str]:
+    out: list[str] = []
+    raw = hp.get(HP_OVERRIDES)
+    if raw not in (None, ""):
+        try:
+            items = json.loads(raw) if isinstance(raw, str) else raw
+        except json.JSONDecodeError as e:
+            raise ConfigError("hyperparameters.overrides", f"must be a JSON list of 'key=value' strings: {e}") from None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ConfigError("hyperparameters.overrides", "must be a JSON list of 'key=value' strings")
+        out.extend(items)
+    known = {HP_CONFIG_FILE, HP_DATA_URL, HP_OVERRIDES, HP_DRY_RUN}
+    for key, value in hp.items():
+        if key in known or key.startswith("sagemaker_"):
+            continue
+        out.append(f"{key}={value}")
+    return out
+
+
+def spec_from_container(env: Mapping[str, str] = os.environ) -> RunSpec:
+    root = container_root(env)
+    config_dir = root / "input" / "config"
+    hp = _read_json(config_dir / "hyperparameters.json")
+    resources = _read_json(config_dir / "resourceconfig.json")
+    checkpoint_cfg = _read_json(config_dir / "checkpointconfig.json")
+    notes = []
+    hosts = resources.get("hosts") or []
+    if len(hosts) > 1:
+        notes.append(f"{len(hosts)} hosts: this trainer uses one; host {resources.get('current_host')} trains alone")
+    data_url = hp.get(HP_DATA_URL) or None
+    if data_url is None:
+        for name in DATA_CHANNELS:
+            channel = _channel(root, name, env)
+            if channel is not None:
+                data_url = str(channel)
+                break
+    output = Path(env.get("SM_OUTPUT_DATA_DIR") or root / "output" / "data")
+    paths = RunPaths(
+        output_dir=output,
+        model_dir=Path(env.get("SM_MODEL_DIR") or root / "model"),
+        checkpoint_dir=Path(checkpoint_cfg.get("LocalPath") or root / "checkpoints"),
+    )
+    return RunSpec(
+        config_path=_container_config(root, hp, env),
+        paths=paths,
+        data_url=data_url,
+        overrides=tuple(_overrides(hp)),
+        dry_run=str(hp.get(HP_DRY_RUN, "false")).lower() in ("1", "true", "yes"),
+        failure_file=root / "output" / "failure",
+        container=True,
+        notes=notes,
+    )
+
+
+def failure_file_for(env: Mapping[str, str] = os.environ) -> Optional[Path]:
+    """Where a container run reports a fatal error, even before the spec could be built."""
+    return container_root(env) / "output" / "failure" if in_container(env) else None
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def build_config(spec: RunSpec) -> TrainConfig:
+    """The run's config: file + overrides, with the data location from the command line/job."""
+    overrides = list(spec.overrides)
+    cfg = load_config(spec.config_path, overrides)
+    if spec.data_url:
+        cfg = with_data_url(cfg, spec.data_url)
+    return cfg
+
+
+def with_data_url(cfg: TrainConfig, url: str) -> TrainConfig:
+    """A copy reading data from ``url`` (replaces dataset_dir and any s3_bucket/s3_data_prefix)."""
+    data = cfg.model_dump()
+    data["dataset"]["dataset_dir"] = url
+    data["s3_bucket"] = data["s3_data_prefix"] = None
+    return TrainConfig.model_validate(data)

@@ -1,0 +1,153 @@
+"""Greedy CTC decoding, phoneme error rate, and the metric lines the trainer prints.
+
+Metric line format (stdout, one line per log step; the launcher builds SageMaker
+MetricDefinitions from :func:`metric_definitions`)::
+
+    METRIC step=<int> <name>=<float> [<name>=<float> ...]
+
+- training, every ``batches_per_train_log`` batches:
+  ``METRIC step=200 train_loss=1.2345 lr=0.004 lr_day=0.005 grad_norm=0.8123 sec_per_batch=0.0412``
+- validation, every ``batches_per_val_step`` batches and after the last one:
+  ``METRIC step=2000 val_loss=0.9876 val_PER=0.2345``
+- per session (``log_individual_day_val_PER``), a different prefix so the regexes above
+  never match it: ``METRIC_SESSION step=2000 session=t15.2023.08.13 val_PER=0.2100``
+
+``step`` is the 0-based index of the training batch just completed, as in the reference's
+logs. Values are printed with ``%.6g`` (so ``1e-05`` may appear); names never change.
+The same records go to ``metrics.jsonl`` in the output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence, TextIO
+
+import numpy as np
+
+from .config import PHONEME_CLASSES
+
+log = logging.getLogger(__name__)
+
+METRIC_PREFIX = "METRIC"
+SESSION_METRIC_PREFIX = "METRIC_SESSION"
+METRIC_LINE_FORMAT = "METRIC step={step} {name}={value:.6g} ..."
+TRAIN_METRICS = ("train_loss", "lr", "lr_day", "grad_norm", "sec_per_batch")
+VAL_METRICS = ("val_loss", "val_PER")
+METRIC_NAMES = TRAIN_METRICS + VAL_METRICS
+_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+BLANK = 0
+PHONEMES = (
+    "BLANK AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y Z ZH"
+).split() + ["|"]
+
+
+def metric_regex(name: str) -> str:
+    """A regex whose first group is the value of ``name`` on a ``METRIC step=`` line."""
+    if name not in METRIC_NAMES:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES)}")
+    return rf"^{METRIC_PREFIX} step=[0-9]+ (?:\S+ )*{name}={_NUMBER}"
+
+
+def metric_definitions(names: Iterable[str] = METRIC_NAMES) -> list[dict[str, str]]:
+    """SageMaker ``MetricDefinitions`` for the trainer's metric lines."""
+    return [{"Name": name, "Regex": metric_regex(name)} for name in names]
+
+
+def format_metric_line(step: int, values: Mapping[str, float], prefix: str = METRIC_PREFIX) -> str:
+    parts = [f"{prefix} step={int(step)}"]
+    for name, value in values.items():
+        parts.append(f"{name}={value:.6g}" if isinstance(value, (int, float)) else f"{name}={value}")
+    return " ".join(parts)
+
+
+class MetricsSink:
+    """Writes metric lines to stdout and records to ``<output>/metrics.jsonl`` (appended on resume)."""
+
+    def __init__(self, jsonl_path: Optional[Path], stream: TextIO | None = None):
+        self.path = jsonl_path
+        self.stream = stream
+        if jsonl_path is not None:
+            jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(self, kind: str, step: int, values: Mapping[str, float], **labels: str) -> None:
+        prefix = SESSION_METRIC_PREFIX if labels else METRIC_PREFIX
+        line_values = {**labels, **values}
+        stream = self.stream or sys.stdout
+        print(format_metric_line(step, line_values, prefix), file=stream, flush=True)
+        if self.path is not None:
+            record = {"kind": kind, "step": int(step), "time": round(time.time(), 3), **labels}
+            record.update({k: (None if not math.isfinite(v) else float(v)) for k, v in values.items()})
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding and PER
+
+
+def to_phonemes(ids: Sequence[int] | np.ndarray, n_classes: int) -> np.ndarray:
+    """Phoneme ids: diphones (``prev * 41 + cur``) map to ``cur``; phonemes stay."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return ids % PHONEME_CLASSES if n_classes != PHONEME_CLASSES else ids
+
+
+def collapse(ids: np.ndarray) -> np.ndarray:
+    """Merge repeats, then drop blanks (CTC's many-to-one map)."""
+    if ids.size == 0:
+        return ids
+    keep = np.ones(ids.shape[0], dtype=bool)
+    keep[1:] = ids[1:] != ids[:-1]
+    ids = ids[keep]
+    return ids[ids != BLANK]
+
+
+def greedy_decode(logits: np.ndarray, length: int, n_classes: int) -> np.ndarray:
+    """Best-path decoding of one trial's [T, C] logits, as phoneme ids."""
+    path = np.argmax(logits[:length], axis=-1)
+    return collapse(to_phonemes(path, n_classes))
+
+
+def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
+    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
+    a, b = list(a), list(b)
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def phoneme_string(ids: Iterable[int]) -> str:
+    return " ".join(PHONEMES[int(i)] for i in ids)
+
+
+class PERCounter:
+    """Edit distance and reference length, overall and per session (day index)."""
+
+    def __init__(self) -> None:
+        self.edits: dict[int, int] = {}
+        self.lengths: dict[int, int] = {}
+
+    def add(self, day: int, decoded: Sequence[int], target: Sequence[int]) -> int:
+        distance = edit_distance(decoded, target)
+        self.edits[day] = self.edits.get(day, 0) + distance
+        self.lengths[day] = self.lengths.get(day, 0) + len(target)
+        return distance
+
+    @property
+    def total(self) -> float:
+        length = sum(self.lengths.values())
+        return sum(self.edits.values()) / length if length else math.nan
+
+    def per_day(self) -> dict[int, float]:
+        return {d: self.edits[d] / self.lengths[d] if self.lengths[d] else math.nan for d in sorted(self.edits)}
