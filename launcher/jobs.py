@@ -89,7 +89,9 @@ def describe(aws: Aws, job: str) -> dict[str, Any]:
             return aws.sagemaker.describe_training_job(TrainingJobName=job)
         except ClientError as e:
             text = str(e).lower()
-            if error_code(e) in ("ValidationException", "ResourceNotFound") and "not found" in text:
+            if error_code(e) in ("ValidationException", "ResourceNotFound") and (
+                "not found" in text or "could not find" in text or "does not exist" in text
+            ):
                 raise JobNotFound(job) from e
             raise
 
