@@ -1,0 +1,229 @@
+"""Batches of t15 trials from wherever the data lives: the datasets behind the DataLoaders.
+
+Everything a DataLoader worker needs travels as plain values (:class:`DataSpec`: URLs,
+object sizes/ETags, storage options); each process opens its own filesystem, cache handles
+and memory maps on first use (:class:`Catalog`), so nothing fork-unsafe crosses a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import DataError, trial_error
+from .index import FileIndex, FileReader, build_index
+from .sampling import Plan, TrainRule, validation_plan
+from .storage import ObjectCache, ObjectInfo, Storage
+
+log = logging.getLogger(__name__)
+
+TRAIN, VAL = "train", "val"
+FILE_NAMES = {TRAIN: "data_train.hdf5", VAL: "data_val.hdf5"}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the data layer reads, resolved once in the main process and shipped to workers."""
+
+    root_url: str
+    sessions: tuple[str, ...]
+    storage: Storage
+    files: dict = field(hash=False)  # (day, split) -> ObjectInfo, for the files that exist
+    neural_dim: int = 512
+    feature_subset: Optional[tuple[int, ...]] = None
+    bad_trials: dict = field(default_factory=dict, hash=False)  # session -> {(block_num, trial_num)}
+
+    @property
+    def remote(self) -> bool:
+        return any(not o.local for o in self.files.values())
+
+    def file(self, day: int, split: str) -> ObjectInfo:
+        return self.files[(day, split)]
+
+
+class Catalog:
+    """One process's view of the data: trial indexes, local copies, memory maps."""
+
+    def __init__(self, spec: DataSpec):
+        self.spec = spec
+        self.cache = ObjectCache(spec.storage)
+        self._indexes: dict[tuple[int, str], FileIndex] = {}
+        self._usable: dict[tuple[int, str], list[int]] = {}
+        self._readers: dict[tuple[int, str], FileReader] = {}
+        self._finite: set[tuple[int, str, int]] = set()
+        self._lock = threading.RLock()  # the main process may read from two threads
+
+    # -- indexes
+
+    def index(self, day: int, split: str) -> FileIndex:
+        with self._lock:
+            idx = self._indexes.get((day, split))
+            if idx is None:
+                idx = self._indexes[(day, split)] = self._load_index(self.spec.file(day, split))
+            return idx
+
+    def _load_index(self, obj: ObjectInfo) -> FileIndex:
+        idx = None
+        manifest = None if obj.local else self.cache.manifest_path(obj)
+        if manifest and os.path.exists(manifest):
+            try:
+                with open(manifest) as f:
+                    idx = FileIndex.from_json(f.read())
+            except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged cache entry is rebuilt
+                log.warning("%s: ignoring unreadable cached manifest %s (%s)", obj.url, manifest, e)
+        if idx is None or idx.size != obj.size:
+            idx = build_index(self.cache.local_path(obj), obj.url)
+            if manifest:
+                _write_atomically(manifest, idx.to_json())
+        for t in idx.trials:
+            if t.input_features.shape[1] != self.spec.neural_dim:
+                raise trial_error(obj.url, t.key, f"input_features has {t.input_features.shape[1]} features, "
+                                  f"dataset.neural_dim is {self.spec.neural_dim}")
+        return idx
+
+    def usable(self, day: int, split: str) -> list[int]:
+        """Positions of the trials not excluded by bad_trials_dict."""
+        with self._lock:
+            found = self._usable.get((day, split))
+            if found is None:
+                bad = self.spec.bad_trials.get(self.spec.sessions[day], frozenset())
+                trials = self.index(day, split).trials
+                found = [p for p, t in enumerate(trials) if (t.block_num, t.trial_num) not in bad]
+                if split == TRAIN and not found:
+                    raise DataError(f"{self.spec.file(day, split).url}: no training trials "
+                                    f"({len(trials)} in the file, all excluded by bad_trials_dict)"
+                                    if trials else f"{self.spec.file(day, split).url}: no training trials")
+                self._usable[(day, split)] = found
+            return found
+
+    def reader(self, day: int, split: str) -> FileReader:
+        with self._lock:
+            r = self._readers.get((day, split))
+            if r is None:
+                obj = self.spec.file(day, split)
+                r = self._readers[(day, split)] = FileReader(self.cache.local_path(obj), obj.url)
+            return r
+
+    # -- batches
+
+    def batch(self, plan: Plan, split: str) -> dict[str, torch.Tensor]:
+        rows = []
+        for day, positions in plan:
+            trials = self.index(day, split).trials
+            reader = self.reader(day, split)
+            rows.extend((day, p, trials[p], reader) for p in positions)
+        subset = self.spec.feature_subset
+        n_features = len(subset) if subset is not None else self.spec.neural_dim
+        n = len(rows)
+        t_max = max(t.n_time_steps for _, _, t, _ in rows)
+        l_max = max(t.seq_len for _, _, t, _ in rows)
+        w_max = max(t.transcription.shape[0] for _, _, t, _ in rows)
+        feats = np.zeros((n, t_max, n_features), dtype=np.float32)
+        labels = np.zeros((n, l_max), dtype=np.int64)
+        texts = np.zeros((n, w_max), dtype=np.int32)
+        scalars = np.zeros((5, n), dtype=np.int64)
+        for b, (day, pos, t, reader) in enumerate(rows):
+            x = reader.read(t, "input_features")
+            out = feats[b, : t.n_time_steps]
+            out[...] = x if subset is None else x[:, subset]
+            if (day, split, pos) not in self._finite:
+                self._check_finite(out, day, split, t.key)
+                self._finite.add((day, split, pos))
+            labels[b, : t.seq_len] = reader.read(t, "seq_class_ids")[: t.seq_len]
+            text = reader.read(t, "transcription")
+            texts[b, : len(text)] = text
+            scalars[:, b] = (t.n_time_steps, t.seq_len, day, t.block_num, t.trial_num)
+        return {
+            "input_features": torch.from_numpy(feats),
+            "seq_class_ids": torch.from_numpy(labels),
+            "n_time_steps": torch.from_numpy(scalars[0]),
+            "phone_seq_lens": torch.from_numpy(scalars[1]),
+            "day_indicies": torch.from_numpy(scalars[2]),
+            "transcriptions": torch.from_numpy(texts),
+            "block_nums": torch.from_numpy(scalars[3]),
+            "trial_nums": torch.from_numpy(scalars[4]),
+        }
+
+    def _check_finite(self, x: np.ndarray, day: int, split: str, key: str) -> None:
+        # NaN and inf survive a sum, so a finite sum proves every value finite; only a
+        # non-finite sum (or an overflowing one) needs the full elementwise check.
+        if not math.isfinite(float(x.sum())) and not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise trial_error(self.spec.file(day, split).url, key,
+                              f"non-finite input_features (first at bin {bad[0]}, feature {bad[1]})")
+
+
+def _write_atomically(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class _PerProcess:
+    """Holds a Catalog per process: a forked or spawned worker builds its own on first use."""
+
+    def __init__(self, spec: DataSpec):
+        self.spec = spec
+        self._catalog: Optional[Catalog] = None
+        self._pid = -1
+
+    def catalog(self) -> Catalog:
+        if self._catalog is None or self._pid != os.getpid():
+            self._catalog, self._pid = Catalog(self.spec), os.getpid()
+        return self._catalog
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_catalog"], state["_pid"] = None, -1
+        return state
+
+
+class TrainBatches(_PerProcess, torch.utils.data.Dataset):
+    """Item ``k`` is the whole training batch number ``start + k``."""
+
+    def __init__(self, spec: DataSpec, rule: TrainRule, start: int, stop: int):
+        _PerProcess.__init__(self, spec)
+        self.rule, self.start, self.stop = rule, start, max(start, stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def plan(self, batch: int) -> Plan:
+        catalog = self.catalog()
+        return self.rule.plan(batch, lambda day: catalog.usable(day, TRAIN))
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return self.catalog().batch(self.plan(self.start + k), TRAIN)
+
+
+class ValBatches(_PerProcess, torch.utils.data.Dataset):
+    """Every validation trial once, in batches of up to ``batch_size`` from one session each."""
+
+    def __init__(self, spec: DataSpec, days: Sequence[int], batch_size: int):
+        _PerProcess.__init__(self, spec)
+        self.days, self.batch_size = tuple(days), batch_size
+        self._plans: Optional[list[Plan]] = None
+
+    @property
+    def plans(self) -> list[Plan]:
+        if self._plans is None:  # needs the val files' indexes: built on first use, not at start-up
+            catalog = self.catalog()
+            self._plans = validation_plan([(d, catalog.usable(d, VAL)) for d in self.days], self.batch_size)
+        return self._plans
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        return self.catalog().batch(self.plans[k], VAL)
