@@ -70,10 +70,14 @@ class ExecutionRole(Construct):
                 # Confused-deputy guard: only SageMaker acting for this account may assume it.
                 conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}},
             ),
-            inline_policies={"Training": iam.PolicyDocument(statements=policy_statements)},
+        )
+        # A separate AWS::IAM::Policy rather than the role's inline Policies property: same effect
+        # in AWS, and the form moto evaluates for the allow/deny tests (tests/infra).
+        self.policy = iam.Policy(
+            self, "Policy", roles=[self.role], document=iam.PolicyDocument(statements=policy_statements)
         )
         acknowledge_wildcard_resources(
-            self.role,
+            self,
             [
                 *statements.object_arns(data_bucket, [DATA_KEY_PREFIX]),
                 *statements.object_arns(output_bucket, output_prefixes),
@@ -82,12 +86,12 @@ class ExecutionRole(Construct):
             "job and checkpoint names are only known at launch time.",
         )
         acknowledge_wildcard_resources(
-            self.role,
+            self,
             [log_group.log_group_arn],
             reason="The training log group's ARN ends in ':*' to cover its log streams (one per job and host).",
         )
         acknowledge(
-            self.role,
+            self,
             "AwsSolutions-IAM5[Resource::*]",
             reason="Only ecr:GetAuthorizationToken and cloudwatch:PutMetricData (namespace-conditioned) "
             "use '*': neither supports resource-level permissions.",

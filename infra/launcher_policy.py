@@ -7,7 +7,7 @@ read checkpoints and the training logs, and read this stack's outputs.
 
 from __future__ import annotations
 
-from aws_cdk import Arn, ArnFormat, Aws, Stack
+from aws_cdk import ArnFormat, Aws, Stack
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -48,14 +48,11 @@ class LauncherPolicy(Construct):
         encryption_key: kms.IKey | None,
     ) -> None:
         super().__init__(scope, id_)
-        training_jobs = Arn.format(
-            {
-                "service": "sagemaker",
-                "resource": "training-job",
-                "resource_name": f"{job_name_prefix}-*",
-                "arn_format": ArnFormat.SLASH_RESOURCE_NAME,
-            },
-            Stack.of(self),
+        training_jobs = Stack.of(self).format_arn(
+            service="sagemaker",
+            resource="training-job",
+            resource_name=f"{job_name_prefix}-*",
+            arn_format=ArnFormat.SLASH_RESOURCE_NAME,
         )
         policy_statements = [
             iam.PolicyStatement(sid="ManageJobs", actions=list(TRAINING_JOB_ACTIONS), resources=[training_jobs]),

@@ -1,0 +1,351 @@
+"""What the synthesized template grants and how it stores data (one synthesis per configuration)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from infra import outputs
+from infra.launcher_policy import UNSCOPABLE_LAUNCHER_ACTIONS
+
+# The only actions that may have Resource "*": none of them supports resource-level permissions.
+EXECUTION_ROLE_STAR_ACTIONS = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}
+ALLOWED_STAR_ACTIONS = EXECUTION_ROLE_STAR_ACTIONS | set(UNSCOPABLE_LAUNCHER_ACTIONS)
+
+EXECUTION_ROLE_ACTIONS = {
+    "ListData": {"s3:ListBucket"},
+    "ReadData": {"s3:GetObject"},
+    "ListOutputs": {"s3:ListBucket"},
+    "ReadWriteOutputs": {"s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:PutObject"},
+    "PullImage": {"ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"},
+    "EcrLogin": {"ecr:GetAuthorizationToken"},
+    "WriteLogs": {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"},
+    "PutMetrics": {"cloudwatch:PutMetricData"},
+}
+LAUNCHER_ACTIONS = {
+    "ManageJobs": {
+        "sagemaker:AddTags", "sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob",
+    },
+    "ListJobs": {"sagemaker:ListTrainingJobs"},
+    "PassExecutionRole": {"iam:PassRole"},
+    "ListData": {"s3:ListBucket"},
+    "UploadData": {"s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"},
+    "ListOutputs": {"s3:ListBucket"},
+    "ReadWriteJobs": {"s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"},
+    "ReadCheckpoints": {"s3:GetObject"},
+    "ReadStackOutputs": {"cloudformation:DescribeStacks"},
+    "DescribeImages": {"ecr:DescribeImages"},
+    "ReadLogs": {"logs:DescribeLogStreams", "logs:FilterLogEvents", "logs:GetLogEvents"},
+}
+KMS_ACTIONS = {"kms:Decrypt", "kms:GenerateDataKey"}
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def resources(body: dict, type_: str) -> dict[str, dict]:
+    return {logical_id: r for logical_id, r in body["Resources"].items() if r["Type"] == type_}
+
+
+def one(body: dict, type_: str, path_part: str) -> tuple[str, dict]:
+    """The single resource of `type_` whose construct path contains `path_part`."""
+    found = [(k, r) for k, r in resources(body, type_).items() if path_part in r["Metadata"]["aws:cdk:path"]]
+    assert len(found) == 1, f"{type_} {path_part}: {[k for k, _ in found]}"
+    return found[0]
+
+
+def statements(document: dict) -> dict[str, dict]:
+    by_sid = {s["Sid"]: s for s in document["Statement"]}
+    assert len(by_sid) == len(document["Statement"]), "every statement carries a unique Sid"
+    return by_sid
+
+
+def actions(document: dict) -> dict[str, set[str]]:
+    return {sid: set(as_list(s["Action"])) for sid, s in statements(document).items()}
+
+
+def execution_policy(body: dict) -> dict:
+    return one(body, "AWS::IAM::Policy", "/Execution/")[1]["Properties"]["PolicyDocument"]
+
+
+def launcher_policy(body: dict) -> dict:
+    return one(body, "AWS::IAM::ManagedPolicy", "/Launcher/")[1]["Properties"]["PolicyDocument"]
+
+
+def all_statements(body: dict) -> list[dict]:
+    found = []
+    for resource in body["Resources"].values():
+        props = resource.get("Properties", {})
+        found += [s for p in props.get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+        if resource["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            found += props["PolicyDocument"]["Statement"]
+    return found
+
+
+def object_suffixes(statement: dict) -> set[str]:
+    """The literal tails of the statement's object ARNs (each an `Fn::Join` ending in a string)."""
+    return {resource["Fn::Join"][1][-1] for resource in as_list(statement["Resource"])}
+
+
+# --- outputs: the launcher's contract -----------------------------------------------------------
+
+
+def test_every_required_output_is_declared(default_synth):
+    assert set(outputs.REQUIRED) <= set(default_synth.body["Outputs"])
+
+
+def test_optional_outputs_only_when_configured(default_synth, full_synth):
+    assert outputs.LAUNCHER_POLICY_ARN in default_synth.body["Outputs"]
+    assert {outputs.DEPLOY_ROLE_ARN, outputs.KMS_KEY_ARN}.isdisjoint(default_synth.body["Outputs"])
+    assert set(outputs.REQUIRED + outputs.OPTIONAL) == set(full_synth.body["Outputs"])
+
+
+def test_constant_outputs(default_synth):
+    declared = default_synth.body["Outputs"]
+    assert declared[outputs.JOB_NAME_PREFIX]["Value"] == "b2t"
+    assert declared[outputs.DATA_PREFIX]["Value"] == outputs.DATA_KEY_PREFIX
+    assert declared[outputs.TRAINING_LOG_GROUP]["Value"] == outputs.TRAINING_LOG_GROUP_NAME
+    assert declared[outputs.REGION]["Value"] == {"Ref": "AWS::Region"}
+
+
+# --- execution role ---------------------------------------------------------------------------------
+
+
+def test_execution_role_has_no_managed_policies(default_synth):
+    role_id, role = one(default_synth.body, "AWS::IAM::Role", "/Execution/")
+    assert "ManagedPolicyArns" not in role["Properties"]
+    assert "Policies" not in role["Properties"]
+    attached = [p for p in resources(default_synth.body, "AWS::IAM::Policy").values()
+                if {"Ref": role_id} in p["Properties"].get("Roles", [])]
+    assert len(attached) == 1
+
+
+def test_execution_role_is_trusted_by_sagemaker_of_this_account_only(default_synth):
+    _, role = one(default_synth.body, "AWS::IAM::Role", "/Execution/")
+    (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "sagemaker.amazonaws.com"}
+    assert trust["Action"] == "sts:AssumeRole"
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+
+
+def test_execution_role_exact_actions(default_synth):
+    assert actions(execution_policy(default_synth.body)) == EXECUTION_ROLE_ACTIONS
+
+
+def test_execution_role_with_key_and_created_log_group(full_synth):
+    expected = {**EXECUTION_ROLE_ACTIONS, "UseStackKey": KMS_ACTIONS}
+    expected["WriteLogs"] = EXECUTION_ROLE_ACTIONS["WriteLogs"] - {"logs:CreateLogGroup"}
+    by_sid = statements(execution_policy(full_synth.body))
+    assert actions(execution_policy(full_synth.body)) == expected
+    key_id, _ = one(full_synth.body, "AWS::KMS::Key", "/Key/")
+    assert by_sid["UseStackKey"]["Resource"] == {"Fn::GetAtt": [key_id, "Arn"]}
+
+
+def test_execution_role_s3_scopes(default_synth):
+    by_sid = statements(execution_policy(default_synth.body))
+    assert object_suffixes(by_sid["ReadData"]) == {"/data/*"}
+    assert object_suffixes(by_sid["ReadWriteOutputs"]) == {"/jobs/*", "/checkpoints/*"}
+    assert by_sid["ListData"]["Condition"] == {"StringLike": {"s3:prefix": ["data/*"]}}
+    assert by_sid["ListOutputs"]["Condition"] == {"StringLike": {"s3:prefix": ["jobs/*", "checkpoints/*"]}}
+
+
+def test_metrics_limited_to_sagemaker_namespace(default_synth):
+    put_metrics = statements(execution_policy(default_synth.body))["PutMetrics"]
+    assert put_metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": outputs.METRIC_NAMESPACE}}
+
+
+def test_logs_limited_to_training_log_group(default_synth):
+    write_logs = statements(execution_policy(default_synth.body))["WriteLogs"]
+    assert json.dumps(write_logs["Resource"]).endswith(':log-group:/aws/sagemaker/TrainingJobs:*"]]}')
+
+
+# --- launcher policy --------------------------------------------------------------------------------
+
+
+def test_launcher_policy_exact_actions(default_synth, full_synth):
+    assert actions(launcher_policy(default_synth.body)) == LAUNCHER_ACTIONS
+    assert actions(launcher_policy(full_synth.body)) == {**LAUNCHER_ACTIONS, "UseStackKey": KMS_ACTIONS}
+
+
+def test_launcher_jobs_limited_to_job_name_prefix(default_synth):
+    manage = statements(launcher_policy(default_synth.body))["ManageJobs"]
+    assert json.dumps(manage["Resource"]).endswith(':training-job/b2t-*"]]}')
+
+
+def test_launcher_passes_only_the_execution_role_only_to_sagemaker(default_synth):
+    role_id, _ = one(default_synth.body, "AWS::IAM::Role", "/Execution/")
+    pass_role = statements(launcher_policy(default_synth.body))["PassExecutionRole"]
+    assert pass_role["Resource"] == {"Fn::GetAtt": [role_id, "Arn"]}
+    assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+
+
+def test_launcher_s3_scopes(default_synth):
+    by_sid = statements(launcher_policy(default_synth.body))
+    assert object_suffixes(by_sid["UploadData"]) == {"/data/*"}
+    assert object_suffixes(by_sid["ReadWriteJobs"]) == {"/jobs/*"}
+    assert object_suffixes(by_sid["ReadCheckpoints"]) == {"/checkpoints/*"}
+    assert by_sid["ReadStackOutputs"]["Resource"] == {"Ref": "AWS::StackId"}
+
+
+# --- wildcards, everywhere --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("synth_name", ["default_synth", "full_synth", "imported_synth"])
+def test_star_resource_only_on_unscopable_actions(synth_name, request):
+    body = request.getfixturevalue(synth_name).body
+    star_actions = set()
+    for statement in all_statements(body):
+        assert all("*" not in action for action in as_list(statement["Action"])), statement
+        if "*" in as_list(statement.get("Resource", [])):
+            star_actions |= set(as_list(statement["Action"]))
+    assert star_actions == ALLOWED_STAR_ACTIONS
+
+
+def test_execution_role_star_only_on_two_actions(default_synth):
+    star = {a for s in execution_policy(default_synth.body)["Statement"] if s["Resource"] == "*"
+            for a in as_list(s["Action"])}
+    assert star == EXECUTION_ROLE_STAR_ACTIONS
+
+
+# --- CI deploy role -----------------------------------------------------------------------------------
+
+
+def test_deploy_role_trusts_one_repository_and_ref(full_synth):
+    _, role = one(full_synth.body, "AWS::IAM::Role", "/CiDeploy/")
+    (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert trust["Condition"] == {"StringEquals": {
+        "token.actions.githubusercontent.com:aud": "sts.amazonaws.com",
+        "token.actions.githubusercontent.com:sub": "repo:example-lab/b2t-sagemaker:ref:refs/heads/main",
+    }}
+    provider_id, provider = one(full_synth.body, "AWS::IAM::OIDCProvider", "/CiDeploy/")
+    assert trust["Principal"] == {"Federated": {"Ref": provider_id}}
+    assert provider["Properties"]["Url"] == "https://token.actions.githubusercontent.com"
+
+
+def test_deploy_role_only_assumes_cdk_bootstrap_roles(full_synth):
+    _, role = one(full_synth.body, "AWS::IAM::Role", "/CiDeploy/")
+    (policy,) = role["Properties"]["Policies"]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Action"] == "sts:AssumeRole"
+    names = sorted(json.dumps(r) for r in statement["Resource"])
+    assert [n.split(":role/cdk-hnb659fds-")[1].split("-role-")[0] for n in names] == [
+        "deploy", "file-publishing", "image-publishing", "lookup"
+    ]
+
+
+def test_deploy_role_with_environment_and_imported_provider(imported_synth):
+    _, role = one(imported_synth.body, "AWS::IAM::Role", "/CiDeploy/")
+    (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Federated": IMPORTED_PROVIDER_ARN}
+    sub = trust["Condition"]["StringEquals"]["token.actions.githubusercontent.com:sub"]
+    assert sub == "repo:example-lab/b2t-sagemaker:environment:production"
+    assert not resources(imported_synth.body, "AWS::IAM::OIDCProvider")
+
+
+def test_no_deploy_role_without_repository(default_synth):
+    assert not resources(default_synth.body, "AWS::IAM::OIDCProvider")
+    assert [k for k in resources(default_synth.body, "AWS::IAM::Role") if "CiDeploy" in k] == []
+
+
+# --- buckets ----------------------------------------------------------------------------------------
+
+
+def test_three_buckets_with_secure_defaults(default_synth):
+    buckets = resources(default_synth.body, "AWS::S3::Bucket")
+    assert len(buckets) == 3
+    for bucket in buckets.values():
+        props = bucket["Properties"]
+        assert bucket["DeletionPolicy"] == bucket["UpdateReplacePolicy"] == "Retain"
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True,
+        }
+        assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+        (encryption,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert encryption["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+        rules = {rule["Id"]: rule for rule in props["LifecycleConfiguration"]["Rules"]}
+        assert rules["AbortIncompleteUploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
+        assert rules["ExpireNoncurrentVersions"]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
+
+
+def test_data_and_output_buckets_log_to_access_log_bucket(default_synth):
+    log_bucket_id, _ = one(default_synth.body, "AWS::S3::Bucket", "/AccessLogBucket/")
+    for name in ("/DataBucket/", "/OutputBucket/"):
+        _, bucket = one(default_synth.body, "AWS::S3::Bucket", name)
+        assert bucket["Properties"]["LoggingConfiguration"]["DestinationBucketName"] == {"Ref": log_bucket_id}
+
+
+def test_every_bucket_denies_plain_http(default_synth):
+    policies = resources(default_synth.body, "AWS::S3::BucketPolicy").values()
+    secured = set()
+    for policy in policies:
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if statement["Effect"] == "Deny" and statement.get("Condition") == {
+                "Bool": {"aws:SecureTransport": "false"}
+            }:
+                secured.add(policy["Properties"]["Bucket"]["Ref"])
+    assert secured == set(resources(default_synth.body, "AWS::S3::Bucket"))
+
+
+def test_checkpoints_expire(default_synth, imported_synth):
+    _, bucket = one(default_synth.body, "AWS::S3::Bucket", "/OutputBucket/")
+    rules = {rule["Id"]: rule for rule in bucket["Properties"]["LifecycleConfiguration"]["Rules"]}
+    assert rules["ExpireCheckpoints"]["Prefix"] == outputs.CHECKPOINT_KEY_PREFIX
+    assert rules["ExpireCheckpoints"]["ExpirationInDays"] == 30
+    _, kept = one(imported_synth.body, "AWS::S3::Bucket", "/OutputBucket/")
+    assert "ExpireCheckpoints" not in json.dumps(kept)
+
+
+def test_kms_key_encrypts_data_and_outputs(full_synth):
+    key_id, key = one(full_synth.body, "AWS::KMS::Key", "/Key/")
+    assert key["Properties"]["EnableKeyRotation"] is True
+    assert key["DeletionPolicy"] == "Retain"
+    for name in ("/DataBucket/", "/OutputBucket/"):
+        _, bucket = one(full_synth.body, "AWS::S3::Bucket", name)
+        (encryption,) = bucket["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert encryption["ServerSideEncryptionByDefault"] == {
+            "KMSMasterKeyID": {"Fn::GetAtt": [key_id, "Arn"]}, "SSEAlgorithm": "aws:kms",
+        }
+    # Server access logs can only be delivered to an SSE-S3 bucket.
+    _, log_bucket = one(full_synth.body, "AWS::S3::Bucket", "/AccessLogBucket/")
+    assert "AES256" in json.dumps(log_bucket["Properties"]["BucketEncryption"])
+
+
+def test_imported_data_bucket_and_key(imported_synth):
+    assert len(resources(imported_synth.body, "AWS::S3::Bucket")) == 2
+    assert not resources(imported_synth.body, "AWS::KMS::Key")
+    by_sid = statements(execution_policy(imported_synth.body))
+    assert object_suffixes(by_sid["ReadData"]) == {":s3:::lab-existing-data/data/*"}
+    assert by_sid["UseStackKey"]["Resource"] == IMPORTED_KEY_ARN
+    assert imported_synth.body["Outputs"][outputs.DATA_BUCKET]["Value"] == "lab-existing-data"
+
+
+# --- image registry and logs ------------------------------------------------------------------------
+
+
+def test_ecr_repository(default_synth):
+    _, repo = one(default_synth.body, "AWS::ECR::Repository", "/Registry/")
+    props = repo["Properties"]
+    assert repo["DeletionPolicy"] == "Retain"
+    assert props["RepositoryName"] == "b2t-training"
+    assert props["ImageScanningConfiguration"] == {"ScanOnPush": True}
+    assert props["ImageTagMutability"] == "IMMUTABLE"
+    (rule,) = json.loads(props["LifecyclePolicy"]["LifecyclePolicyText"])["rules"]
+    assert rule["selection"]["countType"] == "imageCountMoreThan" and rule["selection"]["countNumber"] == 20
+
+
+def test_training_log_group_imported_by_default(default_synth):
+    assert not resources(default_synth.body, "AWS::Logs::LogGroup")
+
+
+def test_training_log_group_created_on_request(full_synth):
+    _, group = one(full_synth.body, "AWS::Logs::LogGroup", "/TrainingLogs/")
+    assert group["Properties"] == {"LogGroupName": outputs.TRAINING_LOG_GROUP_NAME, "RetentionInDays": 90}
+    assert group["DeletionPolicy"] == "Retain"
+
+
+IMPORTED_PROVIDER_ARN = "arn:aws:iam::123456789012:oidc-provider/token.actions.githubusercontent.com"
+IMPORTED_KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
