@@ -94,6 +94,7 @@ class LocalS3:
             raise UsageError(
                 "local mode needs moto's server: pip install -e '.[local]'"
             ) from e
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # its per-request log lines
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Optional
 
 from infra import outputs as keys
@@ -196,19 +197,23 @@ def build_training_job_request(spec: JobSpec, outputs: StackOutputs) -> dict[str
     return request
 
 
+@lru_cache(maxsize=1)
+def _create_training_job_shape():
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    return model.operation_model("CreateTrainingJob").input_shape
+
+
 def validate_request(request: dict[str, Any]) -> None:
     """Check ``request`` against botocore's CreateTrainingJob input shape, offline."""
-    import botocore.session
     from botocore.validate import ParamValidator
 
     name = request.get("TrainingJobName", "")
     if not _JOB_NAME_RE.match(name):
         raise InvalidRequest(f"TrainingJobName {name!r} does not match SageMaker's pattern {_JOB_NAME_RE.pattern}")
-    model = botocore.session.get_session().get_service_model("sagemaker")
-    shape = model.operation_model("CreateTrainingJob").input_shape
-    report = ParamValidator().validate(request, shape)
+    report = ParamValidator().validate(request, _create_training_job_shape())
     if report.has_errors():
-        first = report.generate_report().splitlines()
-        problems = [line.strip() for line in first[1:] if line.strip()] or first
+        problems = [line.strip() for line in report.generate_report().splitlines() if line.strip()]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InvalidRequest(f"CreateTrainingJob request rejected offline: {problems[0]}{more}")

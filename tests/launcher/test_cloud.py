@@ -1,0 +1,208 @@
+"""End to end against moto: the synthesized CDK stack, then every command as a user types it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from infra import outputs as keys
+
+# moto deploys the synthesized template but skips what it cannot model (bucket policies).
+pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS::S3::BucketPolicy")
+from trainer.config import DEMO_CONFIG
+
+from conftest import tar_gz
+
+
+def flat(out: str) -> str:
+    return " ".join(out.split())
+
+
+def submitted_job(out: str) -> str:
+    return next(line.split()[1] for line in out.splitlines() if line.startswith("submitted "))
+
+
+@pytest.fixture
+def job(deployed, cli) -> str:
+    code, out, err = cli("start", "--config", DEMO_CONFIG, "--num-training-batches", "50", "-y")
+    assert code == 0, err
+    return submitted_job(out)
+
+
+def test_start_submits_the_job_the_stack_describes(deployed, job):
+    desc = deployed.client("sagemaker").describe_training_job(TrainingJobName=job)
+    out = deployed.outputs
+    assert job.startswith(out[keys.JOB_NAME_PREFIX] + "-demo-")
+    assert desc["AlgorithmSpecification"]["TrainingImage"] == out[keys.ECR_REPOSITORY_URI] + ":latest"
+    assert desc["RoleArn"] == out[keys.EXECUTION_ROLE_ARN]
+    assert desc["ResourceConfig"]["InstanceType"] == "ml.g5.2xlarge"
+    assert desc["EnableManagedSpotTraining"] is True
+    assert desc["CheckpointConfig"]["S3Uri"] == f"s3://{deployed.output_bucket}/checkpoints/{job}/"
+    assert desc["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400, "MaxWaitTimeInSeconds": 172800}
+    assert desc["OutputDataConfig"]["S3OutputPath"] == f"s3://{deployed.output_bucket}/jobs/"
+    assert desc["HyperParameters"] == {
+        "config_file": "demo.yaml",
+        "data_url": f"s3://{deployed.data_bucket}/data/",
+        "overrides": json.dumps(["num_training_batches=50"]),
+    }
+
+
+def test_start_uploads_the_config_channel(deployed, job):
+    desc = deployed.client("sagemaker").describe_training_job(TrainingJobName=job)
+    (channel,) = desc["InputDataConfig"]
+    uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
+    assert channel["ChannelName"] == "config"
+    assert uri == f"s3://{deployed.output_bucket}/jobs/{job}/input/config/"
+    body = deployed.client("s3").get_object(Bucket=deployed.output_bucket, Key=f"jobs/{job}/input/config/demo.yaml")
+    assert body["Body"].read().decode() == DEMO_CONFIG.read_text()
+
+
+def test_start_tags_the_job(deployed, job):
+    arn = deployed.client("sagemaker").describe_training_job(TrainingJobName=job)["TrainingJobArn"]
+    tags = {t["Key"]: t["Value"] for t in deployed.client("sagemaker").list_tags(ResourceArn=arn)["Tags"]}
+    assert tags == {"project": "b2t", "b2t:config": "demo.yaml"}
+
+
+def test_start_prints_cost_and_next_commands(deployed, cli):
+    code, out, _ = cli("start", "--config", DEMO_CONFIG, "--instance-type", "ml.g4dn.xlarge", "--on-demand",
+                       "--max-run", "2", "-y")
+    assert code == 0
+    assert "$0.736/h" in out and "at most $1.47" in out and "as of 2025-06" in out
+    assert "python -m launcher logs " in out and "python -m launcher download " in out
+
+
+def test_on_demand_has_no_max_wait(deployed, cli):
+    code, out, _ = cli("start", "--config", DEMO_CONFIG, "--on-demand", "--max-run", "3", "-y")
+    desc = deployed.client("sagemaker").describe_training_job(TrainingJobName=submitted_job(out))
+    assert desc["EnableManagedSpotTraining"] is False
+    assert desc["StoppingCondition"] == {"MaxRuntimeInSeconds": 10800}
+
+
+def test_dry_run_prints_the_request_and_submits_nothing(deployed, cli):
+    code, out, _ = cli("start", "--config", DEMO_CONFIG, "--dry-run")
+    assert code == 0
+    request = json.loads(out[out.index("{"):])
+    assert request["TrainingJobName"].startswith("b2t-demo-")
+    assert deployed.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
+    assert "Contents" not in deployed.client("s3").list_objects_v2(Bucket=deployed.output_bucket)
+
+
+def test_without_yes_a_no_answer_submits_nothing(deployed, cli, monkeypatch):
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("n\n"))
+    code, out, _ = cli("start", "--config", DEMO_CONFIG)
+    assert code == 1 and "not submitted" in out
+    assert deployed.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
+
+
+def test_status_shows_times_billing_and_metrics(deployed, job, cli):
+    code, out, _ = cli("status", job)
+    assert code == 0
+    for label in ("status:", "secondary status:", "created:", "billable time:", "metric train:progress"):
+        assert label in out
+    assert "Completed" in out
+
+
+def test_status_of_a_running_spot_job_reads_metrics_from_its_log(deployed, job, cli):
+    fake = deployed.training_job(job)
+    fake.training_job_status, fake.final_metric_data_list = "InProgress", []
+    fake.training_time_in_seconds, fake.billable_time_in_seconds = 1000, 300
+    write_log(deployed, job, ["METRIC step=25 train_loss=3.5 lr=0.001", "METRIC step=99 val_loss=2.25 val_PER=0.61"])
+    code, out, _ = cli("status", job.removeprefix("b2t-"))
+    assert "status: InProgress" in flat(out) and "spot savings: 70%" in flat(out)
+    assert "metric train_loss: 3.5" in flat(out) and "metric val_PER: 0.61" in flat(out)
+
+
+def test_list_shows_this_projects_jobs_newest_first(deployed, job, cli):
+    deployed.client("sagemaker").create_training_job(**foreign_job(deployed))
+    code, out, _ = cli("list")
+    assert code == 0
+    assert job in out and "someone-else" not in out
+    assert out.splitlines()[0].split() == ["JOB", "STATUS", "CREATED", "ENDED"]
+
+
+def write_log(deployed, job: str, lines: list[str]) -> None:
+    logs = deployed.client("logs")
+    group = deployed.outputs[keys.TRAINING_LOG_GROUP]
+    if not logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]:
+        logs.create_log_group(logGroupName=group)
+    stream = f"{job}/algo-1-1764400000"
+    logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    now = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+    logs.put_log_events(logGroupName=group, logStreamName=stream,
+                        logEvents=[{"timestamp": now + i, "message": m} for i, m in enumerate(lines)])
+
+
+def foreign_job(deployed) -> dict:
+    return {
+        "TrainingJobName": "someone-else-1",
+        "AlgorithmSpecification": {"TrainingImage": "img:1", "TrainingInputMode": "File"},
+        "RoleArn": deployed.outputs[keys.EXECUTION_ROLE_ARN],
+        "OutputDataConfig": {"S3OutputPath": "s3://elsewhere/"},
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 60},
+    }
+
+
+def test_logs_prints_the_jobs_cloudwatch_stream(deployed, job, cli):
+    write_log(deployed, job, ["starting", "METRIC step=0 train_loss=4.0"])
+    code, out, _ = cli("logs", job)
+    assert code == 0 and out.splitlines() == ["starting", "METRIC step=0 train_loss=4.0"]
+
+
+def test_logs_follow_ends_with_the_job(deployed, job, cli):
+    write_log(deployed, job, ["done"])
+    code, out, _ = cli("logs", job, "--follow", "--poll", "0")
+    assert code == 0 and out.splitlines() == ["done", f"-- {job}: Completed"]
+
+
+def test_download_extracts_model_and_metrics(deployed, job, cli, tmp_path):
+    s3 = deployed.client("s3")
+    s3.put_object(Bucket=deployed.output_bucket, Key=f"jobs/{job}/output/model.tar.gz",
+                  Body=tar_gz({"best_model.pt": b"weights", "config.yaml": b"a: 1"}))
+    s3.put_object(Bucket=deployed.output_bucket, Key=f"jobs/{job}/output/output.tar.gz",
+                  Body=tar_gz({"metrics.jsonl": b'{"step": 1}\n'}))
+    s3.put_object(Bucket=deployed.output_bucket, Key=f"checkpoints/{job}/last.pt", Body=b"ckpt")
+    code, out, _ = cli("download", job, "--to", tmp_path, "--checkpoints")
+    assert code == 0
+    assert (tmp_path / job / "model" / "best_model.pt").read_bytes() == b"weights"
+    assert (tmp_path / job / "output" / "metrics.jsonl").exists()
+    assert (tmp_path / job / "checkpoints" / "last.pt").read_bytes() == b"ckpt"
+    assert f"metrics: {tmp_path / job / 'output' / 'metrics.jsonl'}" in out
+
+
+def test_upload_syncs_sessions_and_skips_unchanged(deployed, cli, tmp_path):
+    for session in ("t15.2025.01.01", "t15.2025.01.03"):
+        (tmp_path / session).mkdir()
+        (tmp_path / session / "data_train.hdf5").write_bytes(b"x" * 1000)
+    code, out, _ = cli("upload", tmp_path, "--prefix", "extra")
+    assert code == 0 and "uploaded 2 file(s)" in out
+    keys_ = [o["Key"] for o in deployed.client("s3").list_objects_v2(Bucket=deployed.data_bucket,
+                                                                       Prefix="data/extra/")["Contents"]]
+    assert keys_ == ["data/extra/t15.2025.01.01/data_train.hdf5", "data/extra/t15.2025.01.03/data_train.hdf5"]
+    code, out, _ = cli("upload", tmp_path, "--prefix", "extra")
+    assert "uploaded 0 file(s), 0 B; 2 unchanged skipped" in out
+
+
+def test_resume_continues_from_the_same_checkpoints_and_config(deployed, job, cli):
+    deployed.training_job(job).training_job_status = "Stopped"
+    code, out, err = cli("resume", job, "-y")
+    assert code == 0, err
+    new = submitted_job(out)
+    sm = deployed.client("sagemaker")
+    first, second = (sm.describe_training_job(TrainingJobName=j) for j in (job, new))
+    assert new != job
+    assert second["CheckpointConfig"] == first["CheckpointConfig"]
+    assert second["HyperParameters"] == first["HyperParameters"]
+    assert second["EnableManagedSpotTraining"] is True
+    config = deployed.client("s3").get_object(Bucket=deployed.output_bucket, Key=f"jobs/{new}/input/config/demo.yaml")
+    assert config["Body"].read().decode() == DEMO_CONFIG.read_text()
+    tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=second["TrainingJobArn"])["Tags"]}
+    assert tags["b2t:resumed-from"] == job
+
+
+def test_resume_refuses_a_running_job(deployed, job, cli):
+    deployed.training_job(job).training_job_status = "InProgress"
+    code, _, err = cli("resume", job, "-y")
+    assert code == 1 and "stop it first" in err

@@ -1,0 +1,141 @@
+"""Every user error: one readable line on stderr, a non-zero exit, nothing submitted."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from infra import outputs as keys
+
+# moto deploys the synthesized template but skips what it cannot model (bucket policies).
+pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS::S3::BucketPolicy")
+from trainer.config import DEMO_CONFIG
+
+from conftest import deploy
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    lines = err.strip().splitlines()
+    assert code != 0
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def no_jobs(server) -> bool:
+    return server.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
+
+
+def start(cli, *extra):
+    return cli("start", "--config", DEMO_CONFIG, "-y", *extra)
+
+
+def test_missing_stack(aws_env, cli):
+    code, _, err = start(cli)
+    assert_one_line_error(code, err, "stack 'B2tSageMaker' not found in us-east-1", "--stack")
+    assert no_jobs(aws_env)
+
+
+def test_missing_stack_by_name(deployed, cli):
+    code, _, err = cli("list", "--stack", "Other")
+    assert_one_line_error(code, err, "stack 'Other' not found")
+
+
+def test_missing_output_key(aws_env, stack_template, cli):
+    template = copy.deepcopy(stack_template)
+    del template["Outputs"][keys.DATA_PREFIX]
+    deploy(aws_env, template)
+    code, _, err = start(cli)
+    assert_one_line_error(code, err, f"lacks output {keys.DATA_PREFIX}", "redeploy")
+    assert no_jobs(aws_env)
+
+
+def test_no_credentials(deployed, cli, monkeypatch):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var)
+    code, _, err = start(cli)
+    assert_one_line_error(code, err, "no AWS credentials found", "--local")
+    assert no_jobs(deployed.server)
+
+
+def test_region_mismatch_with_the_stack(aws_env, stack_template, cli):
+    template = copy.deepcopy(stack_template)
+    template["Outputs"][keys.REGION]["Value"] = "eu-west-1"
+    deploy(aws_env, template)
+    code, _, err = start(cli)
+    assert_one_line_error(code, err, "is in eu-west-1 but the launcher is using us-east-1", "--region eu-west-1")
+    assert no_jobs(aws_env)
+
+
+def test_stack_in_another_region_is_not_found_here(deployed, cli):
+    code, _, err = start(cli, "--region", "eu-west-1")
+    assert_one_line_error(code, err, "not found in eu-west-1", "--region")
+
+
+def test_image_tag_not_pushed(deployed, cli):
+    code, _, err = start(cli, "--image-tag", "v9")
+    assert_one_line_error(code, err, "image tag 'v9' is not in ECR repository 'b2t-training'")
+    assert no_jobs(deployed.server)
+
+
+def test_missing_sessions_are_listed(deployed, cli):
+    deployed.client("s3").delete_object(Bucket=deployed.data_bucket, Key="data/t15.2023.08.13/data_train.hdf5")
+    deployed.client("s3").delete_object(Bucket=deployed.data_bucket, Key="data/t15.2023.08.17/data_train.hdf5")
+    code, _, err = start(cli)
+    assert_one_line_error(code, err, "2 configured sessions missing", "t15.2023.08.13, t15.2023.08.17", "upload")
+    assert no_jobs(deployed.server)
+
+
+def test_sessions_under_another_prefix_are_missing(deployed, cli):
+    code, _, err = start(cli, "--data-prefix", "diphone")
+    assert_one_line_error(code, err, "4 configured sessions missing", "/data/diphone/")
+
+
+@pytest.mark.parametrize("command", ["status", "logs", "stop", "download", "resume"])
+def test_unknown_job(deployed, cli, command):
+    code, _, err = cli(command, "b2t-nope")
+    assert_one_line_error(code, err, "training job 'b2t-nope' not found", "list")
+
+
+class NoAwsAllowed:
+    def __init__(self, *args, **kwargs):
+        raise AssertionError("an AWS session was opened before the config was validated")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "model.n_units=0"], "config: model.n_units: Input should be greater than 0"),
+        (["--set", "dataset.sesions=[]"], "config: dataset.sesions: unknown key"),
+        (["--batch-size", "2"], "config: dataset.batch_size: 2 is smaller than days_per_batch 4"),
+    ],
+)
+def test_bad_config_fails_before_any_aws_call(deployed, cli, monkeypatch, args, needle):
+    monkeypatch.setattr("launcher.aws.Aws", NoAwsAllowed)
+    code, _, err = start(cli, *args)
+    assert code == 2
+    assert_one_line_error(code, err, needle)
+    assert no_jobs(deployed.server)
+
+
+def test_missing_config_file(aws_env, cli, tmp_path, monkeypatch):
+    monkeypatch.setattr("launcher.aws.Aws", NoAwsAllowed)
+    code, _, err = cli("start", "--config", tmp_path / "nope.yaml", "-y")
+    assert_one_line_error(code, err, "config file not found")
+
+
+def test_spot_without_checkpoints_is_refused(deployed, cli):
+    code, _, err = start(cli, "--no-checkpoints")
+    assert_one_line_error(code, err, "managed spot needs checkpoints", "--on-demand")
+    assert no_jobs(deployed.server)
+
+
+def test_max_wait_below_max_run_is_refused(deployed, cli):
+    code, _, err = start(cli, "--max-run", "10", "--max-wait", "5")
+    assert_one_line_error(code, err, "MaxWaitTime ≥ MaxRuntime")
+
+
+def test_upload_of_a_folder_without_sessions(deployed, cli, tmp_path):
+    code, _, err = cli("upload", tmp_path)
+    assert_one_line_error(code, err, "holds no <session>/*.hdf5 files")
