@@ -5,12 +5,12 @@ on purpose:
 
 - every response's first byte waits ``latency_s`` (default 20 ms);
 - each client connection gets at most ``rate`` bytes/s of response body (default 80 MB/s);
-- a fraction ``fault_rate`` of requests fail, each with one of ``faults``:
+- a fraction ``fault_rate`` of requests (drawn at random) fail, with each of ``faults`` in turn:
   ``503`` (a SlowDown error), ``reset`` (the connection is reset before any response) or
   ``truncate`` (the headers promise the whole body, half of it comes, then the connection
   closes).
 
-It counts requests, GETs and body bytes sent. Control it over HTTP on the same port:
+It counts requests, GETs (and ranged GETs) and response body bytes sent. Control it over HTTP on the same port:
 ``GET /__proxy/stats``, ``POST /__proxy/reset``, ``POST /__proxy/config?fault_rate=0.05&
 latency_ms=20&rate_mb=80``; or in-process through :class:`Proxy`.
 
@@ -53,6 +53,7 @@ class Settings:
 class Stats:
     requests: int = 0
     gets: int = 0
+    range_gets: int = 0
     body_bytes: int = 0
     connections: int = 0
     faults: dict = field(default_factory=lambda: {k: 0 for k in FAULTS})
@@ -125,6 +126,7 @@ class Proxy:
         self._server = None
         self._ready = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._writers: set = set()
         self.url = ""
 
     # -- lifecycle
@@ -144,11 +146,21 @@ class Proxy:
         self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
         self._ready.set()
         self._loop.run_forever()
+        # stopped: drop every connection and finish every task before closing the loop
+        self._server.close()
+        for w in list(self._writers):
+            w.transport.abort()
+        tasks = asyncio.all_tasks(self._loop)
+        for t in tasks:
+            t.cancel()
+        self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self._loop.run_until_complete(self._server.wait_closed())
+        self._loop.close()
 
     def stop(self) -> None:
-        if self._loop is not None:
+        if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
+            self._thread.join(10)
 
     def configure(self, **changes) -> None:
         for k, v in changes.items():
@@ -163,6 +175,7 @@ class Proxy:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats.connections += 1
+        self._writers.add(writer)
         up: Optional[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = None
         try:
             while True:
@@ -180,10 +193,13 @@ class Proxy:
                     continue
                 self.stats.requests += 1
                 self.stats.gets += method == "GET"
+                self.stats.range_gets += method == "GET" and _get(headers, "range") is not None
                 s = self.settings
-                fault = self._rng.choice(s.faults) if s.fault_rate and self._rng.random() < s.fault_rate else None
-                if fault:
-                    self.stats.faults[fault] += 1
+                fault = None
+                if s.fault_rate and self._rng.random() < s.fault_rate:
+                    # kinds in turn, so that every kind shows up in a short run
+                    fault = s.faults[sum(self.stats.faults.values()) % len(s.faults)]
+                    self.stats.faults[fault] = self.stats.faults.get(fault, 0) + 1
                 if fault == "reset":
                     _reset(writer)
                     return
@@ -195,10 +211,12 @@ class Proxy:
                     continue
                 if up is None:
                     up = await asyncio.open_connection(*self.upstream, limit=1 << 20)
+                    self._writers.add(up[1])
                 up[1].write(_render(first, headers) + body)
                 keep = await self._relay(method, up, writer, truncate=fault == "truncate")
                 if not keep:
                     up[1].close()
+                    self._writers.discard(up[1])
                     up = None
                 if fault == "truncate":
                     writer.close()
@@ -208,19 +226,23 @@ class Proxy:
         except (_Closed, ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            if up is not None:
-                up[1].close()
-            if not writer.is_closing():
-                writer.close()
+            for w in (writer, up[1] if up is not None else None):
+                if w is not None:
+                    self._writers.discard(w)
+                    if not w.is_closing():
+                        w.close()
 
     async def _relay(self, method: str, up, writer: asyncio.StreamWriter, *, truncate: bool) -> bool:
         """Pass one response on: latency, then the body at the capped rate. True if upstream stays open."""
         ureader, _ = up
         first, headers = await _read_head(ureader)
         status = int(first.split(b" ")[1])
+        keep = (_get(headers, "connection") or "").lower() != "close"
+        if _get(headers, "content-length") is not None or _get(headers, "transfer-encoding"):
+            # the body is delimited: the client's connection stays open even if upstream's closes
+            headers = [(k, v) for k, v in headers if k.lower() != "connection"]
         await asyncio.sleep(self.settings.latency_s)
         writer.write(_render(first, headers))
-        keep = (_get(headers, "connection") or "").lower() != "close"
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             await writer.drain()
             return keep

@@ -21,7 +21,7 @@ PREFIX = "t15/hdf5_data_final"
 TINY = SyntheticSpec(n_sessions=4, train_trials=12, val_trials=4, bins_per_phoneme=(1, 2), lead_bins=(2, 4),
                      max_words=3, trials_per_block=5)
 # Files of a few MB, so that fetching takes many ranged GETs.
-MEDIUM = SyntheticSpec(n_sessions=4, train_trials=16, val_trials=4, bins_per_phoneme=(6, 11), lead_bins=(30, 60),
+MEDIUM = SyntheticSpec(n_sessions=4, train_trials=24, val_trials=8, bins_per_phoneme=(6, 11), lead_bins=(60, 120),
                        max_words=5, seed=3)
 
 

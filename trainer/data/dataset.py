@@ -154,7 +154,9 @@ class Catalog:
     def _check_finite(self, x: np.ndarray, day: int, split: str, key: str) -> None:
         # NaN and inf survive a sum, so a finite sum proves every value finite; only a
         # non-finite sum (or an overflowing one) needs the full elementwise check.
-        if not math.isfinite(float(x.sum())) and not np.isfinite(x).all():
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = float(x.sum())
+        if not math.isfinite(total) and not np.isfinite(x).all():
             bad = np.argwhere(~np.isfinite(x))[0]
             raise trial_error(self.spec.file(day, split).url, key,
                               f"non-finite input_features (first at bin {bad[0]}, feature {bad[1]})")

@@ -72,6 +72,7 @@ class Storage:
         """From a ``StorageConfig``; the endpoint falls back to AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL."""
         endpoint = cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         memory_bytes = cfg.memory_cache_mb * MB
+        disk_dir = os.path.abspath(cfg.disk_cache_dir or os.path.join(tempfile.gettempdir(), "b2t-data-cache"))
         return cls(
             endpoint_url=endpoint or None,
             region=cfg.region,
@@ -82,8 +83,8 @@ class Storage:
             parts_in_flight=cfg.parts_in_flight,
             part_size=cfg.part_size_mb * MB,
             memory_bytes=memory_bytes,
-            memory_dir=owned_memory_dir() if memory_bytes > 0 else None,
-            disk_dir=cfg.disk_cache_dir or os.path.join(tempfile.gettempdir(), "b2t-data-cache"),
+            memory_dir=owned_memory_dir(disk_dir) if memory_bytes > 0 else None,
+            disk_dir=disk_dir,
         )
 
     def s3_options(self) -> dict:
@@ -189,17 +190,19 @@ def list_objects(root_url: str, rel_paths: list[str], storage: Storage) -> dict[
 _owned: dict = {}
 
 
-def owned_memory_dir() -> Optional[str]:
-    """This process's directory on /dev/shm (created on first use, removed at exit), or None."""
-    pid = os.getpid()
-    if pid in _owned:
-        return _owned[pid]
+def owned_memory_dir(disk_dir: str) -> Optional[str]:
+    """This process's memory tier for the cache at ``disk_dir``: a directory on /dev/shm,
+    created on first use and removed when this process exits; None without /dev/shm."""
+    key = (os.getpid(), disk_dir)
+    if key in _owned:
+        return _owned[key]
     path = None
     if os.path.isdir(SHM_ROOT) and os.access(SHM_ROOT, os.W_OK):
         _remove_orphaned_memory_dirs()
-        path = os.path.join(SHM_ROOT, f"{_MEMORY_DIR_PREFIX}{pid}")
-        atexit.register(_remove_memory_dir, path, pid)
-    _owned[pid] = path
+        tag = hashlib.sha1(disk_dir.encode()).hexdigest()[:8]
+        path = os.path.join(SHM_ROOT, f"{_MEMORY_DIR_PREFIX}{os.getpid()}-{tag}")
+        atexit.register(_remove_memory_dir, path, os.getpid())
+    _owned[key] = path
     return path
 
 
@@ -214,7 +217,7 @@ def _remove_orphaned_memory_dirs() -> None:
         if not name.startswith(_MEMORY_DIR_PREFIX):
             continue
         try:
-            os.kill(int(name[len(_MEMORY_DIR_PREFIX) :]), 0)
+            os.kill(int(name[len(_MEMORY_DIR_PREFIX) :].split("-")[0]), 0)
         except ProcessLookupError:
             shutil.rmtree(os.path.join(SHM_ROOT, name), ignore_errors=True)
         except (ValueError, PermissionError):
