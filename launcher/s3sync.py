@@ -49,8 +49,9 @@ def split_s3_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-def file_digests(path: Path, part_size: int = PART_SIZE) -> tuple[str, str]:
-    """(MD5 hex, S3 multipart ETag at ``part_size``) of a file, in one read."""
+def file_digests(path: Path, part_size: Optional[int] = None) -> tuple[str, str]:
+    """(MD5 hex, S3 multipart ETag at ``part_size``, default PART_SIZE) of a file, in one read."""
+    part_size = part_size or PART_SIZE
     whole = hashlib.md5(usedforsecurity=False)
     parts: list[bytes] = []
     with open(path, "rb") as f:

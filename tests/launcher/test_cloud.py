@@ -8,12 +8,12 @@ import json
 import pytest
 
 from infra import outputs as keys
-
-# moto deploys the synthesized template but skips what it cannot model (bucket policies).
-pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS::S3::BucketPolicy")
 from trainer.config import DEMO_CONFIG
 
 from conftest import tar_gz
+
+# moto deploys the synthesized template but skips what it cannot model (bucket policies).
+pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse")
 
 
 def flat(out: str) -> str:
@@ -206,3 +206,42 @@ def test_resume_refuses_a_running_job(deployed, job, cli):
     deployed.training_job(job).training_job_status = "InProgress"
     code, _, err = cli("resume", job, "-y")
     assert code == 1 and "stop it first" in err
+
+
+def test_stop_of_a_finished_job_changes_nothing(deployed, job, cli):
+    code, out, _ = cli("stop", job)
+    assert code == 0 and "already Completed; nothing to stop" in out
+
+
+def test_stop_asks_sagemaker_to_stop_a_running_job(deployed, cli, monkeypatch):
+    # moto has no StopTrainingJob: the SageMaker client is a botocore Stubber here.
+    import boto3
+    from botocore.stub import Stubber
+
+    from launcher.aws import Aws
+
+    sagemaker = boto3.client("sagemaker", region_name="us-east-1")
+    stubber = Stubber(sagemaker)
+    stubber.add_response("describe_training_job", running_description("b2t-run-1"), {"TrainingJobName": "b2t-run-1"})
+    stubber.add_response("stop_training_job", {}, {"TrainingJobName": "b2t-run-1"})
+    real_client = Aws.client
+    monkeypatch.setattr(Aws, "client", lambda self, s: sagemaker if s == "sagemaker" else real_client(self, s))
+    with stubber:
+        code, out, _ = cli("stop", "run-1")
+    stubber.assert_no_pending_responses()
+    assert code == 0 and "stopping b2t-run-1 (it was InProgress)" in out and "resume b2t-run-1" in out
+
+
+def running_description(name: str) -> dict:
+    now = dt.datetime.now(dt.timezone.utc)
+    return {
+        "TrainingJobName": name,
+        "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{name}",
+        "ModelArtifacts": {"S3ModelArtifacts": ""},
+        "TrainingJobStatus": "InProgress",
+        "SecondaryStatus": "Training",
+        "AlgorithmSpecification": {"TrainingInputMode": "File"},
+        "ResourceConfig": {"InstanceType": "ml.g5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+        "CreationTime": now,
+    }

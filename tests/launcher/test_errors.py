@@ -7,12 +7,12 @@ import copy
 import pytest
 
 from infra import outputs as keys
-
-# moto deploys the synthesized template but skips what it cannot model (bucket policies).
-pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS::S3::BucketPolicy")
 from trainer.config import DEMO_CONFIG
 
 from conftest import deploy
+
+# moto deploys the synthesized template but skips what it cannot model (bucket policies).
+pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse")
 
 
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:

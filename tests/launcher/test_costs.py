@@ -1,0 +1,39 @@
+"""The bundled price table and the estimate shown before submitting."""
+
+from __future__ import annotations
+
+import pytest
+
+from launcher.costs import estimate, price_table
+
+SEED_TYPES = ("ml.g4dn.xlarge", "ml.g4dn.2xlarge", "ml.g5.xlarge", "ml.g5.2xlarge", "ml.p3.2xlarge")
+
+
+def test_table_is_dated_sourced_and_holds_the_seed_types():
+    table = price_table()
+    assert table.region == "us-east-1" and table.as_of and "pricing" in table.source
+    assert all(t in table.instances for t in SEED_TYPES)
+    assert len(table.instances) > len(SEED_TYPES)
+    assert table.get("ml.g4dn.xlarge").usd_per_hour == 0.736 and table.get("ml.p3.2xlarge").usd_per_hour == 3.825
+
+
+def test_estimate_is_price_times_duration_capped_by_max_run():
+    est = estimate("ml.g5.2xlarge", max_run_s=10 * 3600, num_batches=12000, batch_size=48, spot=False)
+    assert est.max_usd == pytest.approx(1.515 * 10)
+    assert est.estimated_hours == pytest.approx(12000 * 0.6 * 1.1 / 3600)
+    assert est.estimated_usd == pytest.approx(1.515 * est.estimated_hours)
+
+
+def test_estimate_scales_with_instances_and_batch_size():
+    one = estimate("ml.g4dn.xlarge", max_run_s=3600, num_batches=1000, batch_size=24)
+    two = estimate("ml.g4dn.xlarge", instance_count=2, max_run_s=3600, num_batches=1000, batch_size=48)
+    assert two.usd_per_hour == 2 * one.usd_per_hour and two.estimated_hours == 2 * one.estimated_hours
+
+
+def test_unknown_instance_type_says_so():
+    lines = estimate("ml.trn1.2xlarge", max_run_s=3600).lines()
+    assert lines == [lines[0]] and "not in the price table" in lines[0]
+
+
+def test_spot_line_mentions_the_real_saving():
+    assert any("`status` reports the real saving" in line for line in estimate("ml.g5.xlarge", max_run_s=3600).lines())
