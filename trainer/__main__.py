@@ -34,9 +34,14 @@ class StopFlag:
     def __call__(self) -> bool:
         return self.signal is not None
 
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+    def install(self) -> dict:
+        """Handle SIGTERM and SIGINT; returns the previous handlers for :meth:`uninstall`."""
+        return {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    @staticmethod
+    def uninstall(previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, _frame) -> None:
         if self.signal is not None and signum == signal.SIGINT:
@@ -50,11 +55,12 @@ def configure_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
 
 
-def log_to_file(output_dir: Path) -> None:
+def log_to_file(output_dir: Path) -> logging.Handler:
     output_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(output_dir / "training_log")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)
+    return handler
 
 
 def report_failure(reason: str, failure_file: Optional[Path]) -> None:
@@ -87,14 +93,20 @@ def run(argv: Sequence[str], env=os.environ) -> int:
     summary = check_data(cfg)
     check_against_data(cfg, summary)
     if spec.dry_run:
-        print(f"dry run: config and data OK ({summary})", flush=True)
+        print(summary.format())
+        print(f"dry run: config and data OK ({summary.n_train} train, {summary.n_val} validation trials)", flush=True)
         return EXIT_OK
     from .train import COMPLETED, EARLY_STOPPED, train
 
-    log_to_file(spec.paths.output_dir)
+    handler = log_to_file(spec.paths.output_dir)
     stop = StopFlag()
-    stop.install()
-    result = train(cfg, spec.paths, should_stop=stop)
+    previous = stop.install()
+    try:
+        result = train(cfg, spec.paths, should_stop=stop)
+    finally:
+        stop.uninstall(previous)
+        logging.getLogger().removeHandler(handler)
+        handler.close()
     if result.status in (COMPLETED, EARLY_STOPPED):
         print(f"done: {result.status} at step {result.step}, best val PER {result.best_val_PER:.4f}, "
               f"model {result.model_path}", flush=True)

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .config import ConfigError, TrainConfig
+from .data import DataSummary
 
 
-def shortest_trial(summary: Any) -> int | None:
-    """The fewest time bins of any train or val trial in a data summary, if it says."""
-    for name in ("min_n_time_steps", "min_time_steps"):
-        value = getattr(summary, name, None)
-        if value is not None:
-            return int(value)
-    sessions = getattr(summary, "sessions", None)
-    if sessions:
-        values = sessions.values() if isinstance(sessions, dict) else sessions
-        found = [getattr(s, "min_n_time_steps", None) for s in values]
-        found = [int(v) for v in found if v is not None]
-        return min(found) if found else None
-    return None
+def shortest_trial(summary: DataSummary) -> int | None:
+    """The fewest time bins of any usable train or val trial, if the data has any."""
+    found = [s.min_time_steps for s in summary.sessions if s.n_train + s.n_val > 0]
+    return min(found) if found else None
 
 
 def check_patch_fits(cfg: TrainConfig, min_time_steps: int) -> None:
@@ -34,7 +24,7 @@ def check_patch_fits(cfg: TrainConfig, min_time_steps: int) -> None:
         )
 
 
-def check_against_data(cfg: TrainConfig, summary: Any) -> None:
+def check_against_data(cfg: TrainConfig, summary: DataSummary) -> None:
     shortest = shortest_trial(summary)
     if shortest is not None:
         check_patch_fits(cfg, shortest)

@@ -115,7 +115,7 @@ def greedy_decode(logits: np.ndarray, length: int, n_classes: int) -> np.ndarray
 
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
     """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
-    a, b = list(a), list(b)
+    a, b = [int(v) for v in a], [int(v) for v in b]
     if len(a) < len(b):
         a, b = b, a
     previous = list(range(len(b) + 1))

@@ -183,9 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--out", required=True, help="folder to write the session folders into")
     p.add_argument("--sessions", type=int, default=SyntheticSpec.n_sessions)
-    p.add_argument("--train-trials", type=int, default=SyntheticSpec.train_trials)
-    p.add_argument("--val-trials", type=int, default=SyntheticSpec.val_trials)
-    p.add_argument("--diphones", action="store_true", help=f"diphone targets ({DIPHONE_CLASSES} classes)")
+    p.add_argument("--train-trials", "--trials-per-session", type=int, default=SyntheticSpec.train_trials,
+                   help="training trials per session")
+    p.add_argument("--val-trials", type=int, default=SyntheticSpec.val_trials, help="validation trials per session")
+    p.add_argument("--features", type=int, default=SyntheticSpec.n_features, help="features per bin (t15: 512)")
+    p.add_argument("--diphones", "--diphone", action="store_true", help=f"diphone targets ({DIPHONE_CLASSES} classes)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -193,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_sessions=args.sessions,
         train_trials=args.train_trials,
         val_trials=args.val_trials,
+        n_features=args.features,
         diphones=args.diphones,
         seed=args.seed,
     )
