@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_cdk import App, Stack
 from aws_cdk.assertions import Template
 
 from infra.app import build_app
@@ -48,6 +49,7 @@ class Synth:
     body: dict[str, Any]  # the CloudFormation template as JSON
     path: Path  # the template file in the cloud assembly
     template: Template  # for aws_cdk.assertions
+    stack: Stack  # the construct tree, for metadata checks
 
 
 def cdk_json_context() -> dict[str, Any]:
@@ -55,13 +57,24 @@ def cdk_json_context() -> dict[str, Any]:
     return json.loads((REPO_ROOT / "cdk.json").read_text())["context"]
 
 
-def synthesize(outdir: Path, **context: Any) -> Synth:
+def make_app(outdir: Path, **context: Any) -> tuple[App, Stack]:
+    """The app as `cdk synth` builds it (cdk.json context, cdk-nag gate), writing to `outdir`."""
     # The CLI also turns on path metadata; tests find resources by construct path.
     base = {**cdk_json_context(), "aws:cdk:enable-path-metadata": True, "stack_name": STACK_NAME}
-    app, stack = build_app({**base, **context}, outdir=str(outdir))
+    return build_app({**base, **context}, outdir=str(outdir))
+
+
+def synthesize(outdir: Path, **context: Any) -> Synth:
+    app, stack = make_app(outdir, **context)
     artifact = app.synth().get_stack_by_name(stack.stack_name)
     path = Path(outdir) / artifact.template_file
-    return Synth(stack.stack_name, artifact.template, path, Template.from_json(artifact.template))
+    return Synth(stack.stack_name, artifact.template, path, Template.from_json(artifact.template), stack)
+
+
+@pytest.fixture(scope="session")
+def app_factory():
+    """`app_factory(outdir, **context)`: a fresh app to add constructs to before synthesis."""
+    return make_app
 
 
 @pytest.fixture(scope="session")
@@ -109,9 +122,16 @@ def set_iam_enforcement(moto_server, *, enabled: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-def deployed(moto_server, default_synth) -> dict[str, str]:
+def fresh_moto(moto_server):
+    """This module's moto server, emptied: moto keeps its state per process, not per server."""
+    moto_server.reset()
+    return moto_server
+
+
+@pytest.fixture(scope="module")
+def deployed(fresh_moto, default_synth) -> dict[str, str]:
     """The default stack created in this module's moto server; its outputs."""
-    return deploy(moto_server, default_synth)
+    return deploy(fresh_moto, default_synth)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +146,6 @@ def iam_enforced(moto_server, deployed):
 
 
 @pytest.fixture(scope="module")
-def deployed_full(moto_server, full_synth) -> dict[str, str]:
+def deployed_full(fresh_moto, full_synth) -> dict[str, str]:
     """The every-option stack created in this module's moto server; its outputs."""
-    return deploy(moto_server, full_synth)
+    return deploy(fresh_moto, full_synth)
