@@ -1,8 +1,9 @@
-"""boto3 sessions and clients, and the translation of AWS failures into domain errors.
+"""AWS sessions and clients, and the translation of AWS failures into domain errors.
 
-boto3 is imported lazily so that ``--help`` and config validation stay fast. Endpoints
-follow boto3's own environment variables (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_S3``),
-which is how the tests and local mode point the launcher at a moto server.
+Clients come from botocore directly (boto3 and s3transfer are imported only by the
+commands that transfer files), lazily, so that ``-h``, config validation and ``--dry-run``
+stay fast. Endpoints follow the SDKs' environment variables (``AWS_ENDPOINT_URL``,
+``AWS_ENDPOINT_URL_S3``), which is how the tests and local mode reach a moto server.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _CREDENTIAL_CODES = {
 
 
 class Aws:
-    """One boto3 session and its clients, created on first use."""
+    """One botocore session and its clients, created on first use."""
 
     def __init__(
         self,
@@ -35,27 +36,34 @@ class Aws:
         endpoint_url: Optional[str] = None,
         credentials: Optional[tuple[str, str]] = None,
     ):
-        import boto3
+        import botocore.session
         from botocore.config import Config
 
         with aws_errors("reading the AWS configuration"):
-            key, secret = credentials or (None, None)
-            self.session = boto3.Session(
-                region_name=region, profile_name=profile, aws_access_key_id=key, aws_secret_access_key=secret
-            )
-        if not self.session.region_name:
+            self.session = botocore.session.Session(profile=profile)
+            if credentials:
+                self.session.set_credentials(*credentials)
+            resolved = region or self.session.get_config_variable("region")
+        if not resolved:
             raise UsageError("no AWS region configured: pass --region REGION or set AWS_REGION")
-        self.region: str = self.session.region_name
+        self.region: str = resolved
         self._config = Config(retries={"mode": "standard", "max_attempts": 5}, user_agent_extra="b2t-launcher")
         self._endpoint_url = endpoint_url  # local mode's S3 endpoint; else boto3's own resolution
         self._clients: dict[str, Any] = {}
 
     def client(self, service: str):
         if service not in self._clients:
-            self._clients[service] = self.session.client(
-                service, config=self._config, endpoint_url=self._endpoint_url
-            )
+            with aws_errors(f"creating the {service} client"):
+                self._clients[service] = self.session.create_client(
+                    service, region_name=self.region, config=self._config, endpoint_url=self._endpoint_url
+                )
         return self._clients[service]
+
+    def boto3_session(self):
+        """The same identity as a boto3 session (for the SageMaker SDK)."""
+        import boto3
+
+        return boto3.Session(botocore_session=self.session, region_name=self.region)
 
     @property
     def sagemaker(self):

@@ -63,12 +63,12 @@ class ImageNotPushed(LauncherError):
 
 
 class MissingSessions(LauncherError):
-    def __init__(self, url: str, sessions: list[str]) -> None:
+    def __init__(self, url: str, sessions: list[str], hint: str = "upload them with `python -m launcher upload DIR`") -> None:
         self.url, self.sessions = url, sessions
         shown = ", ".join(sessions[:6]) + (f" (+{len(sessions) - 6} more)" if len(sessions) > 6 else "")
         super().__init__(
             f"{len(sessions)} configured session{'s' if len(sessions) > 1 else ''} missing "
-            f"data_train.hdf5 under {url}: {shown} (upload with `python -m launcher upload DIR`)"
+            f"data_train.hdf5 under {url}: {shown}; {hint}"
         )
 
 

@@ -45,8 +45,9 @@ class LocalResult:
 # Data
 
 
-def synthetic_data(runs_dir: Path, config: Any, out: TextIO = sys.stdout) -> Path:
+def synthetic_data(runs_dir: Path, config: Any, out: Optional[TextIO] = None) -> Path:
     """The synthetic sessions for ``config``, generated once under ``runs/.data/``."""
+    out = out or sys.stdout
     from trainer.config import DIPHONE_CLASSES
     from trainer.synthetic import SyntheticSpec, generate, session_names
 
@@ -62,7 +63,7 @@ def synthetic_data(runs_dir: Path, config: Any, out: TextIO = sys.stdout) -> Pat
     missing = [s for s in wanted if s not in available]
     if missing:
         raise MissingSessions(
-            "the synthetic data set (pass --data DIR with real session folders)", missing
+            "the synthetic data set", missing, "pass --data DIR with session folders that hold them"
         )
     tag = f"synthetic-v{SYNTHETIC_VERSION}-{n}s-{spec.n_features}f-{'di' if spec.diphones else 'ph'}"
     root = runs_dir / ".data" / tag
@@ -182,8 +183,9 @@ def fetch_channels(s3, job_dir: Path, request: dict[str, Any]) -> None:
 # Running
 
 
-def run_trainer(job_dir: Path, env: dict[str, str], out: TextIO = sys.stdout) -> LocalResult:
+def run_trainer(job_dir: Path, env: dict[str, str], out: Optional[TextIO] = None) -> LocalResult:
     """``python -m trainer`` in the laid-out tree, its output streamed and kept in ``train.log``."""
+    out = out or sys.stdout
     from .request import metric_definitions
 
     patterns = [(d["Name"], re.compile(d["Regex"])) for d in metric_definitions()]
@@ -231,8 +233,9 @@ def run_local(
     runs_dir: Path,
     data_dir: Optional[Path] = None,
     dry_run: bool = False,
-    out: TextIO = sys.stdout,
+    out: Optional[TextIO] = None,
 ) -> int:
+    out = out or sys.stdout
     outputs: StackOutputs = placeholder_outputs(LOCAL_REGION)
     plan = launch.plan(opts, loaded, outputs)
     request = plan.request

@@ -34,12 +34,14 @@ class SyncResult:
         )
 
 
-def transfer_config():
-    from boto3.s3.transfer import TransferConfig
+def transfer(s3):
+    """boto3's managed transfer (multipart, parallel parts) over a plain botocore client."""
+    from boto3.s3.transfer import S3Transfer, TransferConfig
 
-    return TransferConfig(
+    config = TransferConfig(
         multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE, max_concurrency=MAX_CONCURRENCY
     )
+    return S3Transfer(client=s3, config=config)
 
 
 def split_s3_url(url: str) -> tuple[str, str]:
@@ -111,13 +113,11 @@ def upload_dir(
         result.transferred = [k for _, k, _ in todo]
         result.bytes_transferred = total
         return result
-    config = transfer_config()
+    xfer = transfer(s3)
     with tqdm(total=total, unit="B", unit_scale=True, desc="upload", disable=_disabled(progress)) as bar:
         for path, key, md5 in todo:
             bar.set_postfix_str(path.name, refresh=False)
-            s3.upload_file(
-                str(path), bucket, key, ExtraArgs={"Metadata": {"md5": md5}}, Config=config, Callback=bar.update
-            )
+            xfer.upload_file(str(path), bucket, key, callback=bar.update, extra_args={"Metadata": {"md5": md5}})
             result.transferred.append(key)
             result.bytes_transferred += path.stat().st_size
     return result
@@ -141,13 +141,13 @@ def download_keys(
             result.skipped.append(obj["Key"])
         else:
             todo.append((obj, target))
-    config = transfer_config()
+    xfer = transfer(s3)
     total = sum(o["Size"] for o, _ in todo)
     with tqdm(total=total, unit="B", unit_scale=True, desc="download", disable=_disabled(progress)) as bar:
         for obj, target in todo:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(target.name + ".part")
-            s3.download_file(bucket, obj["Key"], str(tmp), Config=config, Callback=bar.update)
+            xfer.download_file(bucket, obj["Key"], str(tmp), callback=bar.update)
             os.replace(tmp, target)
             result.transferred.append(obj["Key"])
             result.bytes_transferred += obj["Size"]

@@ -111,5 +111,5 @@ def model_trainer_for(
     jobs.check_sessions(aws, plan.request["HyperParameters"]["data_url"], list(loaded.config.dataset.sessions))
     channel = plan.request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
     jobs.upload_config(aws, channel, plan.spec.config_file, loaded.text)
-    session = Session(boto_session=aws.session, default_bucket=outputs.output_bucket)
+    session = Session(boto_session=aws.boto3_session(), default_bucket=outputs.output_bucket)
     return model_trainer(plan.request, sagemaker_session=session)

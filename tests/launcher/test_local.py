@@ -1,0 +1,105 @@
+"""`start --local`: the same request, run as `python -m trainer` in an /opt/ml tree under runs/."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from launcher.errors import MissingSessions
+from trainer.config import DEMO_CONFIG, load_config
+
+TINY = [
+    "--num-training-batches", "2",
+    "--set", "model.n_units=16", "--set", "model.n_layers=1",
+    "--set", "batches_per_train_log=1", "--set", "batches_per_val_step=1",
+]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """One tiny local job on small synthetic sessions: (exit code, stdout, job dir)."""
+    import contextlib
+    import io
+
+    from launcher.cli import main
+    from trainer.synthetic import SyntheticSpec, generate
+
+    root = tmp_path_factory.mktemp("local")
+    generate(root / "data", SyntheticSpec(train_trials=8, val_trials=4))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["start", "--local", "-y", "--runs-dir", str(root / "runs"), "--data", str(root / "data"), *TINY])
+    (job_dir,) = [p for p in (root / "runs").iterdir() if p.name.startswith("b2t-demo-")]
+    return code, out.getvalue(), job_dir
+
+
+def test_local_run_completes_and_says_where_things_are(local_run):
+    code, out, job_dir = local_run
+    assert code == 0, out
+    assert f"{job_dir.name}: Completed" in out
+    assert f"model:   {job_dir / 'model'}/" in out and f"metrics: {job_dir / 'output' / 'data' / 'metrics.jsonl'}" in out
+
+
+def test_local_run_leaves_model_metrics_and_checkpoints(local_run):
+    _, _, job_dir = local_run
+    assert (job_dir / "model" / "model.pt").is_file()
+    records = [json.loads(line) for line in (job_dir / "output" / "data" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in records} >= {"train", "val"}
+    assert any(job_dir.joinpath("checkpoints").iterdir())
+
+
+def test_local_tree_is_the_requests_opt_ml_layout(local_run):
+    _, _, job_dir = local_run
+    request = json.loads((job_dir / "request.json").read_text())
+    config = job_dir / "input" / "config"
+    assert json.loads((config / "hyperparameters.json").read_text()) == request["HyperParameters"]
+    assert json.loads((config / "resourceconfig.json").read_text())["current_instance_type"] == "ml.g5.2xlarge"
+    assert set(json.loads((config / "inputdataconfig.json").read_text())) == {"config"}
+    assert json.loads((config / "checkpointconfig.json").read_text()) == {
+        "LocalPath": str((job_dir / "checkpoints").resolve()),
+        "S3Uri": request["CheckpointConfig"]["S3Uri"],
+    }
+    assert (job_dir / "input" / "data" / "config" / "demo.yaml").read_text() == DEMO_CONFIG.read_text()
+    assert request["HyperParameters"]["data_url"] == "s3://b2t-local-data/data/"
+
+
+def test_metric_definitions_match_the_real_trainer_output(local_run):
+    from launcher.request import metric_definitions
+
+    _, _, job_dir = local_run
+    log = (job_dir / "train.log").read_text().splitlines()
+    matched = {d["Name"] for d in metric_definitions() for line in log if re.search(d["Regex"], line)}
+    assert matched == {d["Name"] for d in metric_definitions()}
+    assert not any(re.search(d["Regex"], line) for d in metric_definitions() for line in log
+                   if line.startswith("METRIC_SESSION"))
+
+
+def test_dry_run_prints_the_request_and_runs_nothing(tmp_path, cli):
+    code, out, _ = cli("start", "--local", "--dry-run", "--runs-dir", tmp_path)
+    assert code == 0 and '"TrainingJobName": "b2t-demo-' in out and list(tmp_path.iterdir()) == []
+
+
+def test_synthetic_data_is_generated_once(tmp_path, monkeypatch):
+    from launcher import local
+
+    calls = []
+
+    def fake_generate(root, spec):
+        calls.append(spec)
+        root.mkdir(parents=True)
+
+    monkeypatch.setattr("trainer.synthetic.generate", fake_generate)
+    config = load_config(DEMO_CONFIG)
+    first = local.synthetic_data(tmp_path, config)
+    assert local.synthetic_data(tmp_path, config) == first and len(calls) == 1
+    assert first.parent == tmp_path / ".data"
+
+
+def test_sessions_the_synthetic_set_lacks_are_named(tmp_path):
+    from launcher import local
+
+    config = load_config(DEMO_CONFIG, ["dataset.sessions=[t15.2023.08.11, t15.2024.01.01, t15.2023.08.13, x]"])
+    with pytest.raises(MissingSessions, match="synthetic data set: t15.2024.01.01, x; pass --data DIR"):
+        local.synthetic_data(tmp_path, config)
