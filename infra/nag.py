@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aws_cdk import Acknowledgment, App, CfnResource, Stack, Validations
+from cdk_nag import AwsSolutionsChecks
 from constructs import IConstruct
 
 WILDCARD_RULE = "AwsSolutions-IAM5"
@@ -14,8 +15,6 @@ WILDCARD_RULE = "AwsSolutions-IAM5"
 
 def apply_nag(app: App) -> None:
     """Run AwsSolutions checks at synthesis: any unacknowledged finding fails `synth`."""
-    from cdk_nag import AwsSolutionsChecks  # imported here: only the app entry points need it
-
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))
 
 
