@@ -83,11 +83,15 @@ class GRUDecoder(nn.Module):
         One matmul per distinct day in the batch (batches hold a few days) instead of
         stacking a [D, D] matrix per trial; the maths is the reference's.
         """
-        out = torch.empty_like(x)
+        parts, rows = [], []
         for day in torch.unique(day_idx).tolist():
-            rows = (day_idx == day).nonzero(as_tuple=True)[0]
-            out[rows] = torch.matmul(x[rows], self.day_weights[day]) + self.day_biases[day]
-        return out
+            idx = (day_idx == day).nonzero(as_tuple=True)[0]
+            parts.append(torch.matmul(x[idx], self.day_weights[day]) + self.day_biases[day])
+            rows.append(idx)
+        if len(parts) == 1:
+            return parts[0]
+        # Back to batch order; concatenating keeps autocast's output dtype (no in-place copy).
+        return torch.cat(parts)[torch.argsort(torch.cat(rows))]
 
     def patch(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, D] -> [B, n_patches, patch_size * D], time-major inside a patch."""
