@@ -52,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .errors import LauncherError
 
     try:
-        return int(args.run(args) or 0)
+        return int(args.handler(args) or 0)
     except ConfigError as e:
         print(f"error: config: {e}", file=sys.stderr)
         return 2

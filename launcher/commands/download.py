@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("--to", type=Path, default=Path("runs"), metavar="DIR", help="parent folder (default: %(default)s)")
     p.add_argument("--checkpoints", action="store_true", help="also the checkpoints (works while the job runs)")
     add_aws_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,10 +17,10 @@ python -m launcher image --list          # tags already in the repository
 def add_parser(sub) -> None:
     p = command_parser(sub, "image", "build and push the training image (docker commands)", EXAMPLES)
     p.add_argument("--tag", default="latest", help="image tag (default: %(default)s)")
-    p.add_argument("--run", action="store_true", help="run the commands instead of printing them")
+    p.add_argument("--run", dest="execute", action="store_true", help="run the commands instead of printing them")
     p.add_argument("--list", action="store_true", help="list the tags in the ECR repository")
     add_aws_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def commands(repo_uri: str, region: str, tag: str) -> list[list[str]]:
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{','.join(image.get('imageTags', ['<untagged>'])):30} {image.get('imagePushedAt', '')}")
         return 0
     steps = commands(outputs.ecr_repository_uri, aws.region, args.tag)
-    if not args.run:
+    if not args.execute:
         for step in steps:
             print(step[2] if step[0] == "sh" else shlex.join(step))
         return 0

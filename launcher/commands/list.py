@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("-n", "--max", type=int, default=20, metavar="N", help="at most N jobs (default: %(default)s)")
     p.add_argument("--status", choices=STATUSES, help="only jobs in this state")
     add_aws_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

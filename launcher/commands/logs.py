@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     p.add_argument("--poll", type=float, default=5.0, metavar="S", help="seconds between polls (default: %(default)s)")
     add_aws_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def stream(aws, outputs, job: str, *, follow: bool, poll_s: float = 5.0) -> str:

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("-y", "--yes", action="store_true", help="submit without asking")
     p.add_argument("--wait", action="store_true", help="follow the logs until the job ends")
     add_aws_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

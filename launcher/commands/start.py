@@ -52,7 +52,7 @@ def add_parser(sub) -> None:
     loc.add_argument("--runs-dir", type=Path, default=Path("runs"), help="local jobs and data cache (default: %(default)s)")
     loc.add_argument("--data", type=Path, metavar="DIR", help="local session folders to serve (default: synthetic data)")
     add_aws_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def options(args: argparse.Namespace):

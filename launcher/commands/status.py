@@ -15,7 +15,7 @@ python -m launcher status rnn-args-20261129-101500     # the stack's prefix may 
 def add_parser(sub) -> None:
     p = job_command_parser(sub, "status", "show a training job's status, times, cost savings and last metrics", EXAMPLES)
     add_aws_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ python -m launcher resume b2t-rnn-args-20261129-101500   # later: continue from 
 def add_parser(sub) -> None:
     p = job_command_parser(sub, "stop", "stop a running training job", EXAMPLES)
     add_aws_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--prefix", default="", metavar="P", help="a sub-folder under the data prefix")
     p.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
     add_aws_args(p)
-    p.set_defaults(run=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -245,3 +245,16 @@ def running_description(name: str) -> dict:
         "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
         "CreationTime": now,
     }
+
+
+def test_start_wait_follows_the_log_until_the_job_ends(deployed, cli):
+    code, out, _ = cli("start", "--config", DEMO_CONFIG, "-y", "--wait")
+    assert code == 0 and out.rstrip().endswith(f"-- {submitted_job(out)}: Completed")
+
+
+def test_image_prints_the_push_commands_for_the_stacks_repository(deployed, cli):
+    code, out, _ = cli("image", "--tag", "v2")
+    uri = deployed.outputs[keys.ECR_REPOSITORY_URI]
+    assert code == 0 and f"docker push {uri}:v2" in out and "docker login" in out
+    code, out, _ = cli("image", "--list")
+    assert "latest" in out
