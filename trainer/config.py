@@ -27,6 +27,8 @@ IGNORED_KEYS: dict[str, str] = {
     "dataset.max_seq_elements": "never read by the reference trainer",
     "dataset.test_percentage": "train/val come from data_train.hdf5/data_val.hdf5, as in the reference",
     "mode": "only 'train' exists; evaluation is `python -m trainer.evaluate`",
+    "dataset.loader_shuffle": "batch i is drawn from (dataset.seed, i) so a run can resume at any batch; "
+    "shuffling the batch order would add nothing",
     "save_val_data": "never read by the reference trainer",
     "log_val_skip_logs": "never read by the reference trainer",
     "checkpoint_dir": "checkpoints go to <output>/checkpoints locally and to /opt/ml/checkpoints "

@@ -8,7 +8,9 @@ Layout, as in the released t15 copy-task files (``<root>/<session>/data_train.hd
 - ``transcription``: int32 [500], the sentence's character codes, zero padded;
 
 and the attributes ``n_time_steps``, ``seq_len``, ``block_num``, ``trial_num``,
-``session`` and ``sentence_label``.
+``session`` and ``sentence_label``. With diphone targets (``--diphones``: ``seq_class_ids``
+holds ``prev * 41 + cur``) each trial also carries the phoneme-level ``phoneme_ids`` [500]
+and attribute ``phoneme_seq_len``.
 
 Learnable: each phoneme has a fixed spatial pattern over the 512 features that is
 active for the bins the phoneme is "spoken"; every session sees the patterns through
@@ -36,6 +38,10 @@ PHONEMES = (
 ).split() + ["|"]
 SILENCE = PHONEMES.index("|")  # 40, the word boundary class
 MAX_SEQ_ELEMENTS = 500
+# With diphone targets, the phoneme-level labels are stored too (the trainer maps diphone ids
+# to phonemes itself, id % 41, so it never needs them; they are for analysis).
+PHONEME_IDS = "phoneme_ids"
+PHONEME_SEQ_LEN = "phoneme_seq_len"
 
 # A small lexicon in ARPAbet (stress marks dropped, as in the t15 labels).
 LEXICON = {
@@ -130,7 +136,7 @@ def _trial(world: _World, spec: SyntheticSpec, day: int, rng: np.random.Generato
     noise = rng.standard_normal((n_bins, spec.n_features)).astype(np.float32) * spec.noise_std
     features = (clean * world.gains[day] + world.offsets[day] + noise).astype(np.float32)
     labels = to_diphones(phonemes) if spec.diphones else phonemes
-    return features, labels, sentence
+    return features, labels, sentence, phonemes
 
 
 def _padded(values: Sequence[int]) -> np.ndarray:
@@ -143,10 +149,13 @@ def write_session_file(path: Path, session: str, trials: list, first_block: int,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     with h5py.File(tmp, "w") as f:
-        for i, (features, labels, sentence) in enumerate(trials):
+        for i, (features, labels, sentence, phonemes) in enumerate(trials):
             g = f.create_group(f"trial_{i:04d}")
             g.create_dataset("input_features", data=features)
             g.create_dataset("seq_class_ids", data=_padded(labels))
+            if labels != phonemes:  # diphone targets: the phoneme-level sequence rides along
+                g.create_dataset(PHONEME_IDS, data=_padded(phonemes))
+                g.attrs[PHONEME_SEQ_LEN] = len(phonemes)
             g.create_dataset("transcription", data=_padded([ord(c) for c in sentence]))
             g.attrs["n_time_steps"] = features.shape[0]
             g.attrs["seq_len"] = len(labels)

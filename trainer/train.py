@@ -245,8 +245,15 @@ def restore_training_state(run: Run, state: dict) -> None:
             f"differ from the sessions of the checkpoint in {run.paths.checkpoint_dir}; "
             "use a new output/checkpoint directory for a different session list",
         )
-    run.model.load_state_dict(state[ckpt.MODEL_STATE])
-    run.optimizer.load_state_dict(state[ckpt.OPTIMIZER_STATE])
+    try:
+        run.model.load_state_dict(state[ckpt.MODEL_STATE])
+        run.optimizer.load_state_dict(state[ckpt.OPTIMIZER_STATE])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ckpt.CheckpointError(
+            f"the checkpoint in {run.paths.checkpoint_dir} does not fit this config ({first}); "
+            "use a new output/checkpoint directory for a different model"
+        ) from None
     if run.scaler is not None and state.get(ckpt.SCALER_STATE):
         run.scaler.load_state_dict(state[ckpt.SCALER_STATE])
     run.progress = Progress(**state[ckpt.PROGRESS])
@@ -451,10 +458,4 @@ def finish(run: Run) -> RunResult:
     status = EARLY_STOPPED if p.early_stopped else COMPLETED
     log.info("%s at step %d; best validation PER %.4f; model %s", status, p.step, p.best_val_PER, path)
     return RunResult(status, p.step, p.best_val_PER, path)
-
-
-def write_config_copy(cfg: TrainConfig, output_dir: Path) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(dump_config(cfg))
-
 

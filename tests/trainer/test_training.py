@@ -234,3 +234,25 @@ def test_emulated_opt_ml(tiny_data, tmp_path):
     assert proc.returncode == EXIT_CONFIG and "Traceback" not in proc.stderr
     reason = (bad / "output" / "failure").read_text()
     assert reason.startswith("config error: dataset.batch_size: ") and reason.count("\n") == 1
+
+
+def test_diphone_targets_train_and_score_on_phonemes(tmp_path, capsys):
+    from trainer.synthetic import SyntheticSpec, generate
+    from trainer_helpers import TINY_SPEC
+
+    data = tmp_path / "diphone"
+    generate(data, SyntheticSpec(**{**TINY_SPEC.__dict__, "diphones": True}))
+    overrides = tiny_overrides(data, num_training_batches=3, batches_per_val_step=2,
+                               **{"dataset.n_classes": 1681, "model.n_classes": 1681})
+    out = tmp_path / "run"
+    assert main(["--output", str(out), *set_args(overrides)]) == 0
+    trained = load_model(out / "model")
+    assert trained.model.out.out_features == 1681
+    best = json.loads((out / "val_metrics.json").read_text())
+    assert all(0 < p <= 40 for t in best["trials"] for p in t["target"] + t["decoded"])
+
+    # the same output directory with a different model: one line, no traceback
+    capsys.readouterr()
+    assert main(["--output", str(out), *set_args(overrides), "--set", "model.n_units=8"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("training error: the checkpoint in ") and err.count("\n") == 1
