@@ -55,22 +55,33 @@ class CostEstimate:
         return self.usd_per_hour * min(self.estimated_hours, self.max_hours)
 
     def lines(self) -> list[str]:
-        """The summary's cost lines."""
-        src = f"on-demand {self.table.region} prices as of {self.table.as_of} (launcher/data/prices.json)"
+        """The summary's cost lines (labels padded like the rest of the summary)."""
+        pad = " " * 13
+        src = f"on-demand {self.table.region} prices as of {self.table.as_of}, launcher/data/prices.json"
         if self.usd_per_hour is None:
-            return [f"cost:      unknown: {self.instance_type} is not in the price table ({src})"]
-        n = f" × {self.instance_count}" if self.instance_count > 1 else ""
-        out = [f"cost:      ${self.usd_per_hour / self.instance_count:.3f}/h{n} = ${self.usd_per_hour:.3f}/h ({src})"]
+            return [f"cost:        unknown: {self.instance_type} is not in the price table ({src})"]
+        each = self.usd_per_hour / self.instance_count
+        rate = f"${each:.3f}/h × {self.instance_count} = ${self.usd_per_hour:.3f}/h" if self.instance_count > 1 else f"${each:.3f}/h"
+        out = [f"cost:        {rate} ({src})"]
         if self.estimated_usd is not None:
             out.append(
-                f"           ≈ ${self.estimated_usd:,.2f} for an estimated {self.estimated_hours:.1f} h of training "
-                f"(rough: table step time × batches + 10% validation)"
+                f"{pad}≈ ${self.estimated_usd:,.2f} for an estimated {_duration(self.estimated_hours)} of training "
+                "(rough: table step time × batches + 10% validation)"
             )
-        out.append(f"           at most ${self.max_usd:,.2f} if it runs the full --max-run {self.max_hours:g} h")
+        out.append(f"{pad}at most ${self.max_usd:,.2f} if it runs the full --max-run {self.max_hours:g} h")
+        if self.estimated_hours is not None and self.estimated_hours > self.max_hours:
+            out.append(f"{pad}warning: the estimate exceeds --max-run; the job may stop before its last batch "
+                       "(raise --max-run, or `resume` it from its checkpoints)")
         if self.spot:
-            out.append("           managed spot: billed only for the spot time used, usually well below these "
+            out.append(f"{pad}managed spot: billed only for the spot time used, usually well below these "
                        "on-demand figures; `status` reports the real saving")
         return out
+
+
+def _duration(hours: Optional[float]) -> str:
+    if hours is None:
+        return "?"
+    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h"
 
 
 @lru_cache(maxsize=1)

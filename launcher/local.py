@@ -32,6 +32,7 @@ LOCAL_REGION = "us-east-1"
 SYNTHETIC_VERSION = 1  # bump when trainer.synthetic's output changes, to regenerate the cache
 _READY = ".complete"
 STOP_GRACE_S = 120  # what SageMaker gives a container between SIGTERM and SIGKILL
+STOPPED_EXIT = 128 + signal.SIGTERM  # the trainer's exit status after a SIGTERM stop (checkpoint saved)
 
 
 @dataclass
@@ -288,6 +289,9 @@ def run_local(
 def report(job: str, paths: dict[str, Path], result: LocalResult, seconds: float, out: TextIO) -> int:
     failure = paths["output"] / "failure"
     print("", file=out)
+    if result.returncode == STOPPED_EXIT:
+        print(f"{job}: Stopped after {seconds:.0f} s; its checkpoints are in {paths['checkpoints']}", file=out)
+        return 1
     if result.returncode != 0 or failure.exists():
         reason = failure.read_text().strip()[:1024] if failure.exists() else f"exit code {result.returncode}"
         print(f"{job}: Failed after {seconds:.0f} s: {reason}", file=out)

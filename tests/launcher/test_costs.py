@@ -37,3 +37,8 @@ def test_unknown_instance_type_says_so():
 
 def test_spot_line_mentions_the_real_saving():
     assert any("`status` reports the real saving" in line for line in estimate("ml.g5.xlarge", max_run_s=3600).lines())
+
+
+def test_estimate_beyond_max_run_warns():
+    lines = estimate("ml.g5.2xlarge", max_run_s=3600, num_batches=120000, batch_size=64).lines()
+    assert any("exceeds --max-run" in line for line in lines)
