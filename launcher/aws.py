@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from functools import lru_cache
 from typing import Any, Iterator, Optional
 
 from .errors import AwsError, LauncherError, NoCredentials, UsageError
@@ -41,6 +42,7 @@ class Aws:
 
         with aws_errors("reading the AWS configuration"):
             self.session = botocore.session.Session(profile=profile)
+            self.session.register_component("data_loader", _shared_loader())
             if credentials:
                 self.session.set_credentials(*credentials)
             resolved = region or self.session.get_config_variable("region")
@@ -76,6 +78,14 @@ class Aws:
     @property
     def logs(self):
         return self.client("logs")
+
+
+@lru_cache(maxsize=1)
+def _shared_loader():
+    """One botocore data loader per process: service models are parsed once, not per session."""
+    from botocore.loaders import create_loader
+
+    return create_loader()
 
 
 def error_code(err: BaseException) -> str:
