@@ -2,8 +2,10 @@
 
 The model directory (``/opt/ml/model`` in a SageMaker job, ``<output>/model`` locally) holds
 
-- ``model.pt``: ``{"model_state_dict", "model_args", "n_classes", "step", "val_PER", "val_loss"}``
-  with the reference's parameter names (no ``_orig_mod.`` prefix);
+- ``model.pt``: ``{"model_state_dict", "model_args", "n_classes", "step", "weights",
+  "best_val_PER", "best_val_loss"}`` with the reference's parameter names (no ``_orig_mod.``
+  prefix); ``weights`` is ``best`` (the best validation step's) or ``final``; with
+  ``save_final_model`` the last step's weights also go to ``final_model.pt``;
 - ``config.yaml``: the full training config (reference format, every key);
 - ``sessions.json``: the session names, in day-index order (day layer ``N`` is session ``N``).
 

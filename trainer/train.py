@@ -445,7 +445,8 @@ def finish(run: Run) -> RunResult:
     cfg, p = run.cfg, run.progress
     best_file = run.paths.checkpoint_dir / ckpt.BEST_FILE
     final = run.model.state_dict()
-    info = {"n_classes": cfg.n_classes, "step": p.step, "val_PER": p.best_val_PER, "val_loss": p.best_val_loss}
+    info = {"n_classes": cfg.n_classes, "step": p.step, "best_val_PER": p.best_val_PER,
+            "best_val_loss": p.best_val_loss}
     if cfg.save_best_checkpoint and best_file.exists():
         best = torch.load(best_file, map_location="cpu", weights_only=False)
         weights, info["weights"], info["step"] = best[ckpt.MODEL_STATE], "best", best[ckpt.STEP]
