@@ -258,3 +258,29 @@ def test_image_prints_the_push_commands_for_the_stacks_repository(deployed, cli)
     assert code == 0 and f"docker push {uri}:v2" in out and "docker login" in out
     code, out, _ = cli("image", "--list")
     assert "latest" in out
+
+
+def test_follow_picks_up_new_lines_until_the_job_ends(deployed, job):
+    from launcher import jobs
+    from launcher.aws import Aws
+
+    fake = deployed.training_job(job)
+    fake.training_job_status = "InProgress"
+    write_log(deployed, job, ["METRIC step=0 train_loss=4.0"])
+    group = deployed.outputs[keys.TRAINING_LOG_GROUP]
+
+    def next_poll(_seconds):  # between polls the job logs one more line and ends
+        deployed.client("logs").put_log_events(
+            logGroupName=group, logStreamName=f"{job}/algo-1-1764400000",
+            logEvents=[{"timestamp": int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000) + 10,
+                        "message": "METRIC step=1 train_loss=3.0"}])
+        fake.training_job_status = "Completed"
+
+    lines = list(jobs.follow_logs(Aws(), group, job, follow=True, sleep=next_poll))
+    assert lines == ["METRIC step=0 train_loss=4.0", "METRIC step=1 train_loss=3.0"]
+
+
+def test_download_of_a_running_job_needs_checkpoints(deployed, job, cli, tmp_path):
+    deployed.training_job(job).training_job_status = "InProgress"
+    code, _, err = cli("download", job, "--to", tmp_path)
+    assert code == 1 and "is InProgress" in err and "--checkpoints" in err
