@@ -103,8 +103,8 @@ def parse_cli(argv: Sequence[str]) -> argparse.Namespace:
         description="Train the brain-to-text GRU/CTC phoneme decoder (reference rnn_args.yaml configs).",
         epilog=(
             "examples:\n"
-            "  python -m trainer.synthetic --out data/synthetic\n"
-            "  python -m trainer --config demo.yaml --data data/synthetic --output runs/demo\n"
+            "  python -m trainer.synthetic --out runs/synthetic\n"
+            "  python -m trainer --config demo.yaml --data runs/synthetic --output runs/demo\n"
             "  python -m trainer --config rnn_args.yaml --data s3://bucket/t15 --output runs/base "
             "--set num_training_batches=1000 --dry-run\n"
             "  python -m trainer   # inside a SageMaker container: reads /opt/ml (or $B2T_OPT_ML)\n\n"

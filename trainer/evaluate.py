@@ -28,8 +28,11 @@ CSV_COLUMNS = ("session", "block", "trial", "edit_distance", "n_phonemes", "pred
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.evaluate",
+        description="Decode a split with a trained model: PER per session and a CSV of predictions.",
+        epilog="example: python -m trainer.evaluate --model runs/demo/model --data runs/synthetic",
+    )
     p.add_argument("--model", required=True, help="model directory or model.pt written by training")
     p.add_argument("--data", required=True, help="dataset location: a directory, file:// or s3:// URL")
     p.add_argument("--split", default="val", choices=["val"], help="which split to decode (data_val.hdf5)")
