@@ -125,9 +125,9 @@ class JobStatus:
             ("status", self.status),
             ("secondary status", self.secondary or "-"),
             ("instance", f"{rc}{' (managed spot)' if self.spot else ' (on-demand)'}"),
-            ("created", _time(self.created)),
-            ("started", _time(self.started)),
-            ("ended", _time(self.ended)),
+            ("created", format_time(self.created)),
+            ("started", format_time(self.started)),
+            ("ended", format_time(self.ended)),
             ("training time", _seconds(self.training_s)),
             ("billable time", _seconds(self.billable_s)),
         ]
@@ -289,19 +289,17 @@ def download(
             if key not in objs:
                 log.info("%s not found; skipped", uri)
                 continue
-            fetched = s3sync.download_keys(
+            s3sync.download_keys(
                 aws.s3, bucket, [objs[key]], key.rsplit("/", 1)[0], job_dir / "archives", progress=progress
             )
-        archive = job_dir / "archives" / key.rsplit("/", 1)[1]
-        _extract(archive, target)
+        _extract(job_dir / "archives" / key.rsplit("/", 1)[1], target)
         result.files.extend(sorted(p for p in target.rglob("*") if p.is_file()))
-        del fetched
     ckpt = desc.get("CheckpointConfig", {}).get("S3Uri")
     if checkpoints and ckpt:
         bucket, prefix = s3sync.split_s3_url(ckpt)
         with aws_errors(f"downloading {ckpt}"):
             result.checkpoints = s3sync.download_prefix(aws.s3, bucket, prefix, job_dir / "checkpoints", progress=progress)
-    (job_dir / "job.json").parent.mkdir(parents=True, exist_ok=True)
+    job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "job.json").write_text(json.dumps(desc, indent=2, default=str))
     return result
 
@@ -340,7 +338,7 @@ def log_group_of(outputs: StackOutputs) -> str:
     return outputs.log_group or keys.TRAINING_LOG_GROUP_NAME
 
 
-def _time(value: Optional[dt.datetime]) -> str:
+def format_time(value: Optional[dt.datetime]) -> str:
     if not value:
         return "-"
     if isinstance(value, str):

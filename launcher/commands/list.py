@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
         (
             j["TrainingJobName"],
             j.get("TrainingJobStatus", "?"),
-            jobs._time(j.get("CreationTime")),
-            jobs._time(j.get("TrainingEndTime")),
+            jobs.format_time(j.get("CreationTime")),
+            jobs.format_time(j.get("TrainingEndTime")),
         )
         for j in found
     ]
