@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from trainer_helpers import TINY_SPEC
 
 from trainer.synthetic import generate
+
+# One intra-op thread: on a shared 2-core machine OpenMP threads spin-wait when the CPU is
+# oversubscribed, which made tiny training steps 10x slower than with one thread.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
