@@ -77,9 +77,9 @@ class Plan:
 
 def load(path: Optional[Path], overrides: tuple[str, ...], default: Optional[Path] = None) -> LoadedConfig:
     """Read and validate the config exactly as the trainer will (raises ``ConfigError``)."""
-    from trainer.config import config_from_dict, read_config_file
+    from trainer.config import config_from_dict, find_config, read_config_file
 
-    path = Path(path) if path is not None else default
+    path = find_config(path) if path is not None else default
     if path is None:
         raise UsageError("start needs --config FILE (e.g. --config trainer/configs/rnn_args.yaml)")
     raw = read_config_file(path)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from . import jobs, launch, s3sync
-from .errors import LauncherError, MissingSessions, UsageError
+from .errors import MissingSessions, UsageError
 from .stack import StackOutputs, placeholder_outputs
 
 log = logging.getLogger(__name__)

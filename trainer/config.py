@@ -383,6 +383,17 @@ def read_config_file(path: Union[str, Path]) -> dict:
     return raw
 
 
+def find_config(name: Union[str, Path, None]) -> Path:
+    """A config path as given, or a bundled config by file name (``rnn_args.yaml``); the demo config if None."""
+    if name is None:
+        return DEMO_CONFIG
+    path = Path(name)
+    if path.exists() or path.is_absolute() or len(path.parts) > 1:
+        return path
+    bundled = CONFIG_DIR / path.name
+    return bundled if bundled.exists() else path
+
+
 def load_config(path: Union[str, Path, None], overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a reference-format YAML file (or the bundled demo config when ``path`` is None)."""
     raw = read_config_file(path if path is not None else DEMO_CONFIG)

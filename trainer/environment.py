@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from .config import CONFIG_DIR, DEMO_CONFIG, ConfigError, TrainConfig, load_config
+from .config import ConfigError, TrainConfig, find_config, load_config
 from .train import RunPaths
 
 log = logging.getLogger(__name__)
@@ -76,16 +76,6 @@ def container_root(env: Mapping[str, str] = os.environ) -> Path:
 def in_container(env: Mapping[str, str] = os.environ) -> bool:
     return (container_root(env) / "input" / "config").is_dir()
 
-
-def find_config(name: Optional[str]) -> Path:
-    """A config path as given, or a bundled config by file name; the demo config if None."""
-    if name is None:
-        return DEMO_CONFIG
-    path = Path(name)
-    if path.exists() or path.is_absolute() or len(path.parts) > 1:
-        return path
-    bundled = CONFIG_DIR / name
-    return bundled if bundled.exists() else path
 
 
 # ---------------------------------------------------------------------------------------
