@@ -319,13 +319,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     proxy = Proxy(args.upstream, port=args.port, settings=Settings(
         latency_s=args.latency_ms / 1000, rate=args.rate_mb * 1e6, fault_rate=args.fault_rate)).start()
-    print(proxy.url, flush=True)
+    serve(proxy.url, proxy.stop)
+    return 0
+
+
+def serve(url: str, stop) -> None:
+    """Print where a server listens (its parent reads that line), then serve until interrupted."""
+    print(url, flush=True)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        proxy.stop()
-    return 0
+        stop()
 
 
 if __name__ == "__main__":

@@ -125,31 +125,30 @@ class Catalog:
         t_max = max(t.n_time_steps for _, _, t, _ in rows)
         l_max = max(t.seq_len for _, _, t, _ in rows)
         w_max = max(t.transcription.shape[0] for _, _, t, _ in rows)
-        feats = np.zeros((n, t_max, n_features), dtype=np.float32)
-        labels = np.zeros((n, l_max), dtype=np.int64)
-        texts = np.zeros((n, w_max), dtype=np.int32)
+        out = {
+            "input_features": _empty((n, t_max, n_features), torch.float32),
+            "seq_class_ids": _empty((n, l_max), torch.int64),
+            "transcriptions": _empty((n, w_max), torch.int32),
+        }
+        feats, labels, texts = (out[k].numpy() for k in ("input_features", "seq_class_ids", "transcriptions"))
         scalars = np.zeros((5, n), dtype=np.int64)
         for b, (day, pos, t, reader) in enumerate(rows):
             x = reader.read(t, "input_features")
-            out = feats[b, : t.n_time_steps]
-            out[...] = x if subset is None else x[:, subset]
+            dest = feats[b, : t.n_time_steps]
+            dest[...] = x if subset is None else x[:, subset]
+            feats[b, t.n_time_steps :] = 0
             if (day, split, pos) not in self._finite:
-                self._check_finite(out, day, split, t.key)
+                self._check_finite(dest, day, split, t.key)
                 self._finite.add((day, split, pos))
             labels[b, : t.seq_len] = reader.read(t, "seq_class_ids")[: t.seq_len]
+            labels[b, t.seq_len :] = 0
             text = reader.read(t, "transcription")
             texts[b, : len(text)] = text
+            texts[b, len(text) :] = 0
             scalars[:, b] = (t.n_time_steps, t.seq_len, day, t.block_num, t.trial_num)
-        return {
-            "input_features": torch.from_numpy(feats),
-            "seq_class_ids": torch.from_numpy(labels),
-            "n_time_steps": torch.from_numpy(scalars[0]),
-            "phone_seq_lens": torch.from_numpy(scalars[1]),
-            "day_indicies": torch.from_numpy(scalars[2]),
-            "transcriptions": torch.from_numpy(texts),
-            "block_nums": torch.from_numpy(scalars[3]),
-            "trial_nums": torch.from_numpy(scalars[4]),
-        }
+        for i, key in enumerate(("n_time_steps", "phone_seq_lens", "day_indicies", "block_nums", "trial_nums")):
+            out[key] = torch.from_numpy(scalars[i])
+        return out
 
     def _check_finite(self, x: np.ndarray, day: int, split: str, key: str) -> None:
         # NaN and inf survive a sum, so a finite sum proves every value finite; only a
@@ -160,6 +159,19 @@ class Catalog:
             bad = np.argwhere(~np.isfinite(x))[0]
             raise trial_error(self.spec.file(day, split).url, key,
                               f"non-finite input_features (first at bin {bad[0]}, feature {bad[1]})")
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor; in a DataLoader worker, allocated in shared memory so that
+    handing the batch to the main process does not copy it again (as default_collate does)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    proto = torch.empty(0, dtype=dtype)
+    try:
+        storage = proto._typed_storage()._new_shared(math.prod(shape))
+    except AttributeError:  # a private torch API (the one default_collate uses); without it, copy later
+        return torch.empty(shape, dtype=dtype)
+    return proto.new(storage).view(shape)
 
 
 def _write_atomically(path: str, text: str) -> None:
