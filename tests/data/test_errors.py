@@ -100,6 +100,18 @@ def test_missing_field_names_the_trial(damaged):
                              overrides=["num_training_batches=12"]))
 
 
+def test_errors_in_workers_keep_their_one_line_message(tiny_dir, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dir, root)
+    with h5py.File(root / SESSION / "data_train.hdf5", "r+") as f:
+        del f["trial_0001/transcription"]
+    cfg = make_cfg(root, tmp_path, overrides=["dataset.num_dataloader_workers=1", "num_training_batches=12"])
+    expected = f"{root}/{SESSION}/data_train.hdf5 trial_0001: missing field 'transcription'"
+    with pytest.raises(DataError, match=f"^{re.escape(expected)}$") as caught:
+        list(make_loaders(cfg)[0])
+    assert "worker process 0" in caught.value.worker_traceback
+
+
 def test_missing_attribute_names_the_trial(damaged):
     root, publish = damaged
     with h5py.File(root / SESSION / "data_train.hdf5", "r+") as f:

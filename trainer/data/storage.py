@@ -165,6 +165,7 @@ def list_objects(root_url: str, rel_paths: list[str], storage: Storage) -> dict[
                 raise DataError(f"{path}: cannot read ({e.strerror})") from e
             found[rel] = ObjectInfo(url=path, path=path, size=st.st_size, etag=None, local=True)
         return found
+    fs.invalidate_cache(root)  # a listing cached by an earlier call in this process may be stale
     try:
         listing = fs.find(root, detail=True)
     except FileNotFoundError:
