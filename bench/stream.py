@@ -415,7 +415,7 @@ def main(argv=None) -> int:
     }
     (args.cache / "stream-result.json").write_text(
         json.dumps({**result, "rows": rows, "windows": pairs, "races": races}, indent=1))
-    print(" ".join(f"{k}={v:.3g}" for k, v in result.items()))
+    print(" ".join(f"{k}={v:#.3g}" for k, v in result.items()))
     return 0
 
 
