@@ -21,8 +21,9 @@ Train the Brain-to-Text decoder on SageMaker from the B2tSageMaker stack's outpu
 examples:
   python -m launcher start --local -y                     # no AWS: synthetic data, local S3, this machine
   python -m launcher upload ~/data/hdf5_data_final        # sync sessions to the data bucket
+  python -m launcher image --run                          # build and push the image, tagged with the git commit
   python -m launcher start --config rnn_args.yaml --dry-run
-  python -m launcher start --config rnn_args.yaml -y
+  python -m launcher start --config rnn_args.yaml -y      # with the newest pushed image
   python -m launcher logs JOB --follow
   python -m launcher download JOB
 """

@@ -57,9 +57,15 @@ class ImageNotPushed(LauncherError):
     def __init__(self, repository: str, tag: str) -> None:
         self.repository, self.tag = repository, tag
         super().__init__(
-            f"image tag {tag!r} is not in ECR repository {repository!r}: build and push it "
-            f"(`python -m launcher image --help`), or pick a pushed tag with --image-tag"
+            f"image tag {tag!r} is not in ECR repository {repository!r}: pick a pushed tag "
+            f"(`python -m launcher image --list`), or leave --image-tag out to use the newest"
         )
+
+
+class NoImage(LauncherError):
+    def __init__(self, repository: str) -> None:
+        self.repository = repository
+        super().__init__(f"no image in {repository} yet: build and push one with `python -m launcher image --run`")
 
 
 class MissingSessions(LauncherError):

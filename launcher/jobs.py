@@ -19,7 +19,7 @@ from infra import outputs as keys
 
 from . import s3sync
 from .aws import Aws, aws_errors, error_code
-from .errors import ImageNotPushed, JobNotFound, LauncherError, MissingSessions
+from .errors import ImageNotPushed, JobNotFound, LauncherError, MissingSessions, NoImage
 from .stack import StackOutputs
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,48 @@ def check_image(aws: Aws, outputs: StackOutputs, tag: str) -> dict[str, Any]:
     if not images:
         raise ImageNotPushed(repo, tag)
     return images[0]
+
+
+def list_images(aws: Aws, outputs: StackOutputs) -> list[dict[str, Any]]:
+    """The image details of the stack's ECR repository, newest push first."""
+    from botocore.exceptions import ClientError
+
+    repo = outputs.ecr_repository_name
+    with aws_errors(f"listing the images of {repo}"):
+        try:
+            pages = aws.client("ecr").get_paginator("describe_images").paginate(repositoryName=repo)
+            images = [i for page in pages for i in page.get("imageDetails", [])]
+        except ClientError as e:
+            if error_code(e) == "RepositoryNotFoundException":
+                raise NoImage(repo) from e
+            raise
+    return sorted(images, key=_pushed_at, reverse=True)
+
+
+def _pushed_at(image: dict[str, Any]) -> float:
+    at = image.get("imagePushedAt")
+    return at.timestamp() if isinstance(at, dt.datetime) else float(at or 0)
+
+
+def newest_image(aws: Aws, outputs: StackOutputs) -> dict[str, Any]:
+    """The most recently pushed tagged image; :class:`NoImage` when the repository has none."""
+    tagged = [i for i in list_images(aws, outputs) if i.get("imageTags")]
+    if not tagged:
+        raise NoImage(outputs.ecr_repository_name)
+    return tagged[0]
+
+
+def image_tag(image: dict[str, Any]) -> str:
+    """The tag a job names ``image`` by (an image pushed under several tags: the first ECR lists)."""
+    return image["imageTags"][0]
+
+
+def find_image(aws: Aws, outputs: StackOutputs, tag: Optional[str]) -> tuple[str, dict[str, Any]]:
+    """``(tag, image detail)``: ``tag`` checked to be in ECR, or the newest tagged image when None."""
+    if tag is not None:
+        return tag, check_image(aws, outputs, tag)
+    image = newest_image(aws, outputs)
+    return image_tag(image), image
 
 
 def upload_config(aws: Aws, config_uri: str, config_file: str, text: str) -> str:

@@ -14,12 +14,12 @@ from typing import Any, Optional
 
 from .errors import UsageError
 from .request import (
-    DEFAULT_IMAGE_TAG,
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_MAX_RUN_HOURS,
     DEFAULT_VOLUME_GB,
     JobSpec,
     build_training_job_request,
+    check_spec,
     make_job_name,
     qualify_job_name,
     validate_request,
@@ -40,7 +40,7 @@ class StartOptions:
     checkpoints: bool = True
     max_run_hours: float = DEFAULT_MAX_RUN_HOURS
     max_wait_hours: Optional[float] = None
-    image_tag: str = DEFAULT_IMAGE_TAG
+    image_tag: Optional[str] = None  # None: the newest image pushed to the stack's repository
     data_prefix: str = ""
     volume_gb: int = DEFAULT_VOLUME_GB
 
@@ -69,6 +69,8 @@ class Plan:
     loaded: LoadedConfig
     outputs: StackOutputs
     notes: list[str] = field(default_factory=list)
+    image: Optional[dict] = None  # its ECR image detail, once looked up
+    image_newest: bool = False  # chosen as the newest pushed (no --image-tag)
 
     @property
     def job_name(self) -> str:
@@ -100,26 +102,12 @@ def load_text(text: str, file_name: str, source: str, overrides: tuple[str, ...]
     return LoadedConfig(file_name=file_name, source=source, text=text, config=config_from_dict(raw, overrides))
 
 
-def plan(
-    opts: StartOptions,
-    loaded: LoadedConfig,
-    outputs: StackOutputs,
-    *,
-    now: Optional[dt.datetime] = None,
-    **spec_overrides: Any,
-) -> Plan:
-    """The job spec and validated request for ``opts`` on ``outputs``; no AWS call."""
-    prefix = outputs.job_name_prefix
-    name = (
-        qualify_job_name(opts.job_name, prefix)
-        if opts.job_name
-        else make_job_name(prefix, loaded.file_name, now)
-    )
-    spec = JobSpec(
-        job_name=name,
-        config_file=loaded.file_name,
+def _spec(opts: StartOptions, job_name: str, config_file: str, image_tag: str, **spec_overrides: Any) -> JobSpec:
+    return JobSpec(
+        job_name=job_name,
+        config_file=config_file,
+        image_tag=image_tag,
         overrides=opts.all_overrides(),
-        image_tag=opts.image_tag,
         instance_type=opts.instance_type,
         instance_count=opts.instance_count,
         volume_gb=opts.volume_gb,
@@ -130,6 +118,37 @@ def plan(
         data_sub_prefix=opts.data_prefix,
         **spec_overrides,
     )
+
+
+def check_options(opts: StartOptions) -> None:
+    """The flag checks that need no stack (``UsageError``), to run before any AWS call."""
+    check_spec(_spec(opts, job_name="", config_file="", image_tag=""))
+
+
+def plan(
+    opts: StartOptions,
+    loaded: LoadedConfig,
+    outputs: StackOutputs,
+    *,
+    image_tag: Optional[str] = None,
+    now: Optional[dt.datetime] = None,
+    **spec_overrides: Any,
+) -> Plan:
+    """The job spec and validated request for ``opts`` on ``outputs``; no AWS call.
+
+    ``image_tag`` (default: ``opts.image_tag``) must be known here: :func:`plan_with_image`
+    looks up the newest one in ECR when the user gave none.
+    """
+    tag = image_tag or opts.image_tag
+    if not tag:
+        raise ValueError("plan() needs an image tag: use plan_with_image() to pick the newest pushed")
+    prefix = outputs.job_name_prefix
+    name = (
+        qualify_job_name(opts.job_name, prefix)
+        if opts.job_name
+        else make_job_name(prefix, loaded.file_name, now)
+    )
+    spec = _spec(opts, name, loaded.file_name, tag, **spec_overrides)
     request = build_training_job_request(spec, outputs)
     validate_request(request)
     result = Plan(spec=spec, request=request, loaded=loaded, outputs=outputs)
@@ -139,6 +158,17 @@ def plan(
             f"the config's data location ({cfg.data_url}) is replaced by the stack's "
             f"{request['HyperParameters']['data_url']}"
         )
+    return result
+
+
+def plan_with_image(aws: Any, opts: StartOptions, loaded: LoadedConfig, outputs: StackOutputs, **kw: Any) -> Plan:
+    """:func:`plan` with its image looked up in ECR: ``opts.image_tag`` checked, or else the
+    newest tagged image of the stack's repository (``NoImage`` when there is none)."""
+    from .jobs import find_image
+
+    tag, image = find_image(aws, outputs, opts.image_tag)
+    result = plan(opts, loaded, outputs, image_tag=tag, **kw)
+    result.image, result.image_newest = image, opts.image_tag is None
     return result
 
 
@@ -166,10 +196,12 @@ def summary_lines(
         else f"on-demand, max run {s.max_run_hours:g} h"
     )
     overrides = f" + {len(s.overrides)} override(s): {' '.join(s.overrides)}" if s.overrides else ""
-    pushed = ""
+    image = image or p.image
+    pushed = " (newest pushed)" if p.image_newest else ""
     if image and image.get("imagePushedAt"):
         at = image["imagePushedAt"]
-        pushed = f" (pushed {at:%Y-%m-%d %H:%M} UTC)" if isinstance(at, dt.datetime) else f" (pushed {at})"
+        when = f"{at:%Y-%m-%d %H:%M} UTC" if isinstance(at, dt.datetime) else str(at)
+        pushed = f" ({'newest, ' if p.image_newest else ''}pushed {when})"
     sessions = len(cfg.dataset.sessions)
     found = f", all {sessions} found" if sessions_ok is not None else ""
     lines = [

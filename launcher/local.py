@@ -24,6 +24,7 @@ from typing import Any, Optional, TextIO
 
 from . import jobs, launch, s3sync
 from .errors import MissingSessions, UsageError
+from .request import LOCAL_IMAGE_TAG
 from .stack import StackOutputs, placeholder_outputs
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,8 @@ def run_local(
 ) -> int:
     out = out or sys.stdout
     outputs: StackOutputs = placeholder_outputs(LOCAL_REGION)
-    plan = launch.plan(opts, loaded, outputs)
+    # No image runs here, so no ECR lookup: the request names a placeholder tag.
+    plan = launch.plan(opts, loaded, outputs, image_tag=opts.image_tag or LOCAL_IMAGE_TAG)
     request = plan.request
     job_dir = Path(runs_dir) / plan.job_name
     print("\n".join(launch.summary_lines(plan, cost=False)), file=out)

@@ -22,7 +22,10 @@ from .stack import StackOutputs
 CONFIG_CHANNEL = "config"
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 DEFAULT_INSTANCE_TYPE = "ml.g5.2xlarge"
-DEFAULT_IMAGE_TAG = "latest"
+# ECR tags are immutable in the stack (infra/registry.py): every push has its own tag (see
+# `launcher image`), and `start` without --image-tag takes the newest pushed image.
+LOCAL_IMAGE_TAG = "local"  # local mode runs no image; its request names this placeholder
+SINGLE_INSTANCE = "--instance-count: the trainer runs on one instance; use a larger instance type instead"
 DEFAULT_MAX_RUN_HOURS = 24.0
 DEFAULT_VOLUME_GB = 50
 # SageMaker limits: MaxRuntimeInSeconds ≤ 28 days; a job name is ≤ 63 characters.
@@ -41,8 +44,8 @@ class JobSpec:
 
     job_name: str
     config_file: str  # file name inside the config channel, e.g. "rnn_args.yaml"
+    image_tag: str  # a tag in the stack's ECR repository
     overrides: tuple[str, ...] = ()
-    image_tag: str = DEFAULT_IMAGE_TAG
     instance_type: str = DEFAULT_INSTANCE_TYPE
     instance_count: int = 1
     volume_gb: int = DEFAULT_VOLUME_GB
@@ -121,16 +124,24 @@ def metric_definitions() -> list[dict[str, str]]:
 # The request
 
 
-def build_training_job_request(spec: JobSpec, outputs: StackOutputs) -> dict[str, Any]:
-    """The CreateTrainingJob parameters for ``spec`` on the stack ``outputs``. Pure: no I/O."""
+def check_spec(spec: JobSpec) -> None:
+    """The checks of the user's flags that need no stack: :class:`UsageError` on the first failing."""
+    if spec.instance_count < 1:
+        raise UsageError("--instance-count must be at least 1")
+    if spec.instance_count > 1:
+        # trainer/environment.py: every host would train alone, all writing the same checkpoints.
+        raise UsageError(SINGLE_INSTANCE)
     if spec.spot and not spec.checkpoints:
         raise UsageError("managed spot needs checkpoints to survive interruptions: drop --no-checkpoints or add --on-demand")
     if not 0 < spec.max_run_s <= MAX_RUNTIME_S:
         raise UsageError(f"--max-run must be between 1 second and {MAX_RUNTIME_S // 3600} hours")
     if spec.spot and spec.max_wait_s < spec.max_run_s:
         raise UsageError("--max-wait must be at least --max-run (SageMaker requires MaxWaitTime ≥ MaxRuntime)")
-    if spec.instance_count < 1:
-        raise UsageError("--instance-count must be at least 1")
+
+
+def build_training_job_request(spec: JobSpec, outputs: StackOutputs) -> dict[str, Any]:
+    """The CreateTrainingJob parameters for ``spec`` on the stack ``outputs``. Pure: no I/O."""
+    check_spec(spec)
 
     stopping: dict[str, int] = {"MaxRuntimeInSeconds": spec.max_run_s}
     if spec.spot:

@@ -60,7 +60,7 @@ def plan_resume(
     opts = launch.StartOptions(
         job_name=new_name,
         instance_type=instance_type or rc["InstanceType"],
-        instance_count=rc.get("InstanceCount", 1),
+        instance_count=1,  # the trainer runs on one instance (an older job may have asked for more)
         volume_gb=rc.get("VolumeSizeInGB", 50),
         spot=spot,
         max_run_hours=run_h,
@@ -76,6 +76,8 @@ def plan_resume(
         data_url=hp["data_url"],
         extra_tags=((TAG_RESUMED_FROM, job),),
     )
+    if rc.get("InstanceCount", 1) > 1:
+        p.notes.append(f"{job} ran on {rc['InstanceCount']} instances; the trainer uses one, so this job runs on one")
     found = jobs.count_objects(aws, ckpt)
     p.notes.append(
         f"resumes {job} ({status}) from {ckpt} ({found} checkpoint object(s))"

@@ -92,7 +92,8 @@ def model_trainer_for(
     """The notebook path of ``start``: same checks, config uploaded, a ``ModelTrainer`` returned.
 
     ``start_options`` are :class:`launcher.launch.StartOptions` fields (``instance_type``,
-    ``spot``, ``max_run_hours``, ``image_tag``, ...).
+    ``spot``, ``max_run_hours``, ``image_tag``, ...); without ``image_tag`` the newest image
+    pushed to the stack's ECR repository is used.
     """
     from sagemaker.core.helper.session_helper import Session
 
@@ -104,10 +105,10 @@ def model_trainer_for(
 
     opts = launch.StartOptions(config=Path(config), overrides=tuple(overrides), **start_options)
     loaded = launch.load(opts.config, opts.all_overrides())
+    launch.check_options(opts)
     aws = Aws(region=region, profile=profile)
     outputs = read_stack_outputs(aws, stack or DEFAULT_STACK_NAME)
-    plan = launch.plan(opts, loaded, outputs)
-    jobs.check_image(aws, outputs, plan.spec.image_tag)
+    plan = launch.plan_with_image(aws, opts, loaded, outputs)
     jobs.check_sessions(aws, plan.request["HyperParameters"]["data_url"], list(loaded.config.dataset.sessions))
     channel = plan.request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
     jobs.upload_config(aws, channel, plan.spec.config_file, loaded.text)

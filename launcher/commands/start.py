@@ -12,7 +12,8 @@ EXAMPLES = """
 python -m launcher start --local -y                         # demo: synthetic data, local S3, no AWS
 python -m launcher start --local --config rnn_args.yaml --data ~/data/hdf5_data_final --num-training-batches 200
 python -m launcher start --config rnn_args.yaml --dry-run   # print the request, submit nothing
-python -m launcher start --config rnn_args.yaml -y          # managed spot on ml.g5.2xlarge
+python -m launcher start --config rnn_args.yaml -y          # managed spot on ml.g5.2xlarge, newest image
+python -m launcher start --config rnn_args.yaml --image-tag 3f2a9c1b7d4e -y   # a given pushed image
 python -m launcher start --config rnn_args.yaml --instance-type ml.g4dn.xlarge --batch-size 32 \\
     --num-training-batches 1000 --on-demand --max-run 2 --set lr_max=0.004 --wait
 """
@@ -25,8 +26,8 @@ def add_parser(sub) -> None:
         "submit a training job (or run it locally with --local)",
         EXAMPLES,
         "Validate the config with the trainer's own model, read the stack outputs, check that every "
-        "configured session is in the data bucket and the image tag is in ECR, show a summary with a "
-        "cost estimate, ask, and submit a SageMaker training job (managed spot by default)",
+        "configured session is in the data bucket, take the newest image in ECR (or check --image-tag), "
+        "show a summary with a cost estimate, ask, and submit a SageMaker training job (managed spot by default)",
     )
     p.add_argument("--config", type=Path, help="reference-format YAML (default with --local: the demo config)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -36,13 +37,16 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("job")
     g.add_argument("--job-name", help="job name (the stack's prefix is added when missing; default: <prefix>-<config>-<time>)")
     g.add_argument("--instance-type", default="ml.g5.2xlarge", help="default: %(default)s")
-    g.add_argument("--instance-count", type=int, default=1, metavar="N", help="default: %(default)s")
+    g.add_argument("--instance-count", type=int, default=1, metavar="N",
+                   help="must be 1: the trainer runs on one instance (default: %(default)s)")
     g.add_argument("--volume-gb", type=int, default=50, metavar="GB", help="instance volume (default: %(default)s)")
     g.add_argument("--on-demand", action="store_true", help="on-demand instead of managed spot")
     g.add_argument("--no-checkpoints", action="store_true", help="no checkpoint sync (only with --on-demand)")
     g.add_argument("--max-run", type=float, default=24.0, metavar="HOURS", help="stop after this long (default: %(default)s)")
     g.add_argument("--max-wait", type=float, metavar="HOURS", help="spot: give up waiting after this long (default: 2 × --max-run)")
-    g.add_argument("--image-tag", default="latest", help="ECR image tag (default: %(default)s)")
+    g.add_argument("--image-tag", metavar="TAG",
+                   help="a tag pushed to the stack's ECR repository (default: the newest pushed image; "
+                        "see `image --list`)")
     g.add_argument("--data-prefix", default="", metavar="P", help="session folders under <data prefix>/P/ (as `upload --prefix P`)")
     g.add_argument("--dry-run", action="store_true", help="print the request; change nothing")
     g.add_argument("-y", "--yes", action="store_true", help="submit without asking")
@@ -87,12 +91,13 @@ def run(args: argparse.Namespace) -> int:
         loaded = launch.load(opts.config, opts.all_overrides(), default=DEMO_CONFIG)
         return local.run_local(opts, loaded, runs_dir=args.runs_dir, data_dir=args.data, dry_run=args.dry_run)
 
-    # Validate the config before any AWS call: a typo costs nothing here.
+    # Validate the config and the flags before any AWS call: a typo costs nothing here.
     loaded = launch.load(opts.config, opts.all_overrides())
+    launch.check_options(opts)
     from . import connect
 
     aws, outputs = connect(args)
-    plan = launch.plan(opts, loaded, outputs)
+    plan = launch.plan_with_image(aws, opts, loaded, outputs)
     return submit_plan(aws, plan, dry_run=args.dry_run, yes=args.yes, wait=args.wait)
 
 
@@ -100,7 +105,7 @@ def submit_plan(aws, plan, *, dry_run: bool, yes: bool, wait: bool) -> int:
     """Pre-flight, summary, confirmation, submission; shared by `start` and `resume`."""
     from launcher import jobs, launch, ui
 
-    image = jobs.check_image(aws, plan.outputs, plan.spec.image_tag)
+    image = plan.image or jobs.check_image(aws, plan.outputs, plan.spec.image_tag)
     jobs.check_sessions(aws, plan.request["HyperParameters"]["data_url"], list(plan.loaded.config.dataset.sessions))
     print("\n".join(launch.summary_lines(plan, sessions_ok=len(plan.loaded.config.dataset.sessions), image=image)))
     if dry_run:

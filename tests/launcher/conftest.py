@@ -7,12 +7,15 @@ boto3's own ``AWS_ENDPOINT_URL``, exactly as it would find any other endpoint.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import io
 import json
 import logging
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -59,15 +62,26 @@ def deploy(server, template: dict, name: str = keys.DEFAULT_STACK_NAME) -> dict[
     return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
 
 
-def push_image(server, repository: str, tag: str = "latest") -> None:
+IMAGE_TAG = "3f2a9c1b7d4e"  # what `image` tags a build of a clean checkout with: its commit
+
+
+def push_image(server, repository: str, tag: str = IMAGE_TAG, pushed_at: Optional[dt.datetime] = None) -> None:
+    """``put_image`` one image of its own (the manifest differs by tag); ``pushed_at`` sets
+    its push time (moto stamps the present second)."""
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
         "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,
-                   "digest": "sha256:" + "a" * 64},
+                   "digest": "sha256:" + hashlib.sha256(tag.encode()).hexdigest()},
         "layers": [],
     }
     server.client("ecr").put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=tag)
+    if pushed_at is not None:
+        from moto.backends import get_backend
+
+        images = get_backend("ecr")[ACCOUNT][REGION].repositories[repository].images
+        (image,) = [i for i in images if tag in i.image_tags]
+        image.image_pushed_at = int(pushed_at.timestamp())
 
 
 def put_sessions(server, bucket: str, prefix: str, sessions: list[str]) -> None:
@@ -103,6 +117,10 @@ class Deployed:
     def client(self, service: str):
         return self.server.client(service)
 
+    @property
+    def repository(self) -> str:
+        return self.outputs[keys.ECR_REPOSITORY_NAME]
+
     def training_job(self, name: str):
         """moto's object for a job, to set states it would never reach by itself."""
         from moto.backends import get_backend
@@ -111,12 +129,18 @@ class Deployed:
 
 
 @pytest.fixture
-def deployed(aws_env, stack_template) -> Deployed:
-    """The stack, an image tagged ``latest`` and the demo sessions in the data bucket."""
+def no_image(aws_env, stack_template) -> Deployed:
+    """The stack and the demo sessions in the data bucket; nothing pushed to ECR yet."""
     outputs = deploy(aws_env, stack_template)
-    push_image(aws_env, outputs[keys.ECR_REPOSITORY_NAME])
     put_sessions(aws_env, outputs[keys.DATA_BUCKET], outputs[keys.DATA_PREFIX], DEMO_SESSIONS)
     return Deployed(server=aws_env, outputs=outputs)
+
+
+@pytest.fixture
+def deployed(no_image) -> Deployed:
+    """The stack, one image tagged ``IMAGE_TAG`` and the demo sessions in the data bucket."""
+    push_image(no_image.server, no_image.outputs[keys.ECR_REPOSITORY_NAME])
+    return no_image
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from infra import outputs as keys
 from trainer.config import DEMO_CONFIG
 
-from conftest import tar_gz
+from conftest import IMAGE_TAG, tar_gz
 
 # moto deploys the synthesized template but skips what it cannot model (bucket policies).
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse")
@@ -35,7 +35,7 @@ def test_start_submits_the_job_the_stack_describes(deployed, job):
     desc = deployed.client("sagemaker").describe_training_job(TrainingJobName=job)
     out = deployed.outputs
     assert job.startswith(out[keys.JOB_NAME_PREFIX] + "-demo-")
-    assert desc["AlgorithmSpecification"]["TrainingImage"] == out[keys.ECR_REPOSITORY_URI] + ":latest"
+    assert desc["AlgorithmSpecification"]["TrainingImage"] == out[keys.ECR_REPOSITORY_URI] + ":" + IMAGE_TAG
     assert desc["RoleArn"] == out[keys.EXECUTION_ROLE_ARN]
     assert desc["ResourceConfig"]["InstanceType"] == "ml.g5.2xlarge"
     assert desc["EnableManagedSpotTraining"] is True
@@ -187,9 +187,12 @@ def test_upload_syncs_sessions_and_skips_unchanged(deployed, cli, tmp_path):
 
 def test_resume_continues_from_the_same_checkpoints_and_config(deployed, job, cli):
     deployed.training_job(job).training_job_status = "Stopped"
-    code, out, err = cli("resume", job, "-y")
+    # A name of its own: the default (<prefix>-<config>-<UTC second>) repeats the first job's
+    # when both are made within one second, and moto would overwrite the first job.
+    code, out, err = cli("resume", job, "-y", "--job-name", "demo-resumed")
     assert code == 0, err
     new = submitted_job(out)
+    assert new == "b2t-demo-resumed"
     sm = deployed.client("sagemaker")
     first, second = (sm.describe_training_job(TrainingJobName=j) for j in (job, new))
     assert new != job
@@ -257,7 +260,7 @@ def test_image_prints_the_push_commands_for_the_stacks_repository(deployed, cli)
     uri = deployed.outputs[keys.ECR_REPOSITORY_URI]
     assert code == 0 and f"docker push {uri}:v2" in out and "docker login" in out
     code, out, _ = cli("image", "--list")
-    assert "latest" in out
+    assert IMAGE_TAG in out
 
 
 def test_follow_picks_up_new_lines_until_the_job_ends(deployed, job):

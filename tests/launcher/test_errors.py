@@ -119,6 +119,15 @@ def test_bad_config_fails_before_any_aws_call(deployed, cli, monkeypatch, args, 
     assert no_jobs(deployed.server)
 
 
+@pytest.mark.parametrize("local", [(), ("--local", "--dry-run")])
+def test_more_than_one_instance_is_refused_before_any_aws_call(deployed, cli, monkeypatch, local):
+    monkeypatch.setattr("launcher.aws.Aws", NoAwsAllowed)
+    code, _, err = start(cli, "--instance-count", "2", *local)
+    assert code == 2
+    assert_one_line_error(code, err, "--instance-count: the trainer runs on one instance; use a larger instance type instead")
+    assert no_jobs(deployed.server)
+
+
 def test_missing_config_file(aws_env, cli, tmp_path, monkeypatch):
     monkeypatch.setattr("launcher.aws.Aws", NoAwsAllowed)
     code, _, err = cli("start", "--config", tmp_path / "nope.yaml", "-y")

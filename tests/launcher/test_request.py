@@ -26,7 +26,7 @@ def outputs():
 
 
 def build(outputs, **kw):
-    return build_training_job_request(JobSpec(job_name="b2t-demo-1", config_file="demo.yaml", **kw), outputs)
+    return build_training_job_request(JobSpec(job_name="b2t-demo-1", config_file="demo.yaml", image_tag="3f2a9c1b7d4e", **kw), outputs)
 
 
 def test_request_passes_botocores_model(outputs):
@@ -76,6 +76,18 @@ def test_spot_is_the_default_with_checkpoints_and_max_wait(outputs):
 def test_spot_without_checkpoints_is_refused(outputs):
     with pytest.raises(UsageError, match="managed spot needs checkpoints"):
         build(outputs, checkpoints=False)
+
+
+def test_one_instance_only(outputs):
+    assert build(outputs)["ResourceConfig"]["InstanceCount"] == 1
+    with pytest.raises(UsageError, match="^--instance-count: the trainer runs on one instance; use a larger"):
+        build(outputs, instance_count=2)
+
+
+def test_the_image_is_the_tag_in_the_stacks_repository(outputs):
+    assert build(outputs)["AlgorithmSpecification"]["TrainingImage"] == (
+        "000000000000.dkr.ecr.us-east-1.amazonaws.com/b2t-training:3f2a9c1b7d4e"
+    )
 
 
 def test_on_demand_without_checkpoints(outputs):

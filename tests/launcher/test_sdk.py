@@ -21,7 +21,7 @@ def requests(monkeypatch):
     from launcher.sdk import model_trainer
 
     monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
-    spec = JobSpec(job_name="b2t-demo-1", config_file="demo.yaml", overrides=("num_training_batches=10",),
+    spec = JobSpec(job_name="b2t-demo-1", config_file="demo.yaml", image_tag="3f2a9c1b7d4e", overrides=("num_training_batches=10",),
                    instance_type="ml.g4dn.xlarge", max_run_hours=3)
     ours = build_training_job_request(spec, placeholder_outputs())
     session = Session(boto_session=boto3.Session(region_name="us-east-1"), default_bucket="b2t-local-output")
