@@ -4,10 +4,10 @@ PIP := .venv/bin/pip
 
 .PHONY: setup demo test synth bench clean
 
-.venv/.installed: pyproject.toml package.json package-lock.json
+.venv/.installed: pyproject.toml constraints.txt package.json package-lock.json
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	# checkov pins boto3 1.35 / packaging<24: it gets its own folder inside .venv, run through a wrapper.
 	$(PIP) install --quiet --no-warn-conflicts --target .venv/tools/checkov 'checkov==3.3.30'
 	install -m 755 tools/checkov .venv/bin/checkov
