@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from conftest import RealNetworkBlocked
+from tests.conftest import RealNetworkBlocked
 
 
 def test_real_aws_endpoint_is_unreachable():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from data_helpers import MEDIUM, TINY, upload
+from tests.data.data_helpers import MEDIUM, TINY, upload
 from bench.s3proxy import Proxy, Settings
 from trainer.synthetic import generate
 

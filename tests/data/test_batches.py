@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_helpers import all_batches, assert_same_batches, make_cfg
+from tests.data.data_helpers import all_batches, assert_same_batches, make_cfg
 from trainer.data import check_data, make_loaders
 
 SESSIONS = 4

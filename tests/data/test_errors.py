@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from data_helpers import all_batches, make_cfg, upload
+from tests.data.data_helpers import all_batches, make_cfg, upload
 from trainer.data import DataError, check_data, make_loaders
 
 SESSION = "t15.2023.08.13"

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from data_helpers import all_batches, assert_same_batches, make_cfg, upload
+from tests.data.data_helpers import all_batches, assert_same_batches, make_cfg, upload
 from trainer.data import DataError, check_data, make_loaders
 from trainer.data.storage import MB, ObjectCache, Storage, filesystem, list_objects
 

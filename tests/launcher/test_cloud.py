@@ -10,7 +10,7 @@ import pytest
 from infra import outputs as keys
 from trainer.config import DEMO_CONFIG
 
-from conftest import IMAGE_TAG, tar_gz
+from tests.launcher.conftest import IMAGE_TAG, tar_gz
 
 # moto deploys the synthesized template but skips what it cannot model (bucket policies).
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse")

@@ -9,7 +9,7 @@ import pytest
 from infra import outputs as keys
 from trainer.config import DEMO_CONFIG
 
-from conftest import deploy
+from tests.launcher.conftest import deploy
 
 # moto deploys the synthesized template but skips what it cannot model (bucket policies).
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse")

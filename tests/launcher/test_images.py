@@ -13,7 +13,7 @@ from infra import outputs as keys
 from launcher.commands.image import default_tag
 from trainer.config import DEMO_CONFIG
 
-from conftest import IMAGE_TAG, push_image
+from tests.launcher.conftest import IMAGE_TAG, push_image
 
 # moto deploys the synthesized template but skips what it cannot model (bucket policies).
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainer_helpers import TINY_SPEC
+from tests.trainer.trainer_helpers import TINY_SPEC
 
 from trainer.synthetic import generate
 

@@ -25,7 +25,7 @@ from trainer.metrics import metric_definitions
 from trainer.train import RunPaths, amp_dtype_for, setup_model, train
 from trainer.validation import ValResult
 
-from trainer_helpers import set_args, tiny_overrides
+from tests.trainer.trainer_helpers import set_args, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
