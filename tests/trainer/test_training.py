@@ -154,6 +154,7 @@ def _run_until(args: list[str], kill_after_step: int, sig: int, delay: float) ->
                 time.sleep(delay)
                 proc.send_signal(sig)
                 break
+    proc.stdout.read()  # drain: a closed pipe would turn the trainer's last lines into a BrokenPipeError
     proc.stdout.close()
     return proc.wait(timeout=120), last
 
@@ -238,7 +239,7 @@ def test_emulated_opt_ml(tiny_data, tmp_path):
 
 def test_diphone_targets_train_and_score_on_phonemes(tmp_path, capsys):
     from trainer.synthetic import SyntheticSpec, generate
-    from trainer_helpers import TINY_SPEC
+    from tests.trainer.trainer_helpers import TINY_SPEC
 
     data = tmp_path / "diphone"
     generate(data, SyntheticSpec(**{**TINY_SPEC.__dict__, "diphones": True}))
