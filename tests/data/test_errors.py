@@ -117,7 +117,7 @@ def test_missing_attribute_names_the_trial(damaged):
     with h5py.File(root / SESSION / "data_train.hdf5", "r+") as f:
         del f["trial_0003"].attrs["seq_len"]
     cfg, url = publish()
-    with pytest.raises(DataError, match=rf"trial_0003: missing attribute 'seq_len'"):
+    with pytest.raises(DataError, match=r"trial_0003: missing attribute 'seq_len'"):
         check_data(cfg)
 
 
