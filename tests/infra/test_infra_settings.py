@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from infra.outputs import DEFAULT_STACK_NAME
 from infra.settings import GitHubSetting, KmsSetting, SettingsError, StackSettings
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
@@ -94,3 +101,19 @@ def test_github_options_need_a_repository():
 def test_github_ref_and_environment_are_exclusive():
     with pytest.raises(SettingsError, match="'github_environment'"):
         parse(github_repository="lab/b2t", github_ref="refs/heads/main", github_environment="prod")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("log_retention_days", "7x"), ("kms_key", "maybe"), ("github_repository", "noslash"),
+     ("checkpoint_expiry_days", "-1")],
+)
+def test_entry_point_reports_a_bad_value_in_one_line(key, value, tmp_path):
+    """`npx cdk synth -c key=value` runs app.py with the context in CDK_CONTEXT_JSON."""
+    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps({key: value}), "CDK_OUTDIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: CDK context '{key}': "), run.stderr
+    assert not list(tmp_path.iterdir()), "nothing is synthesized"
