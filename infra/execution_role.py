@@ -24,7 +24,9 @@ ECR_PULL_ACTIONS = ("ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr
 LOG_WRITE_ACTIONS = ("logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents")
 # SageMaker creates the account's training log group on first use when it is missing.
 LOG_CREATE_GROUP_ACTION = "logs:CreateLogGroup"
-OUTPUT_OBJECT_ACTIONS = ("s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:PutObject")
+# SageMaker writes model output once and never deletes it; only checkpoints are replaced.
+JOB_OBJECT_ACTIONS = ("s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject")
+CHECKPOINT_OBJECT_ACTIONS = (*JOB_OBJECT_ACTIONS, "s3:DeleteObject")
 
 
 class ExecutionRole(Construct):
@@ -47,7 +49,10 @@ class ExecutionRole(Construct):
             statements.list_bucket("ListData", data_bucket, [DATA_KEY_PREFIX]),
             statements.object_access("ReadData", data_bucket, [DATA_KEY_PREFIX], ["s3:GetObject"]),
             statements.list_bucket("ListOutputs", output_bucket, output_prefixes),
-            statements.object_access("ReadWriteOutputs", output_bucket, output_prefixes, OUTPUT_OBJECT_ACTIONS),
+            statements.object_access("ReadWriteJobs", output_bucket, [OUTPUT_KEY_PREFIX], JOB_OBJECT_ACTIONS),
+            statements.object_access(
+                "ReadWriteCheckpoints", output_bucket, [CHECKPOINT_KEY_PREFIX], CHECKPOINT_OBJECT_ACTIONS
+            ),
             iam.PolicyStatement(sid="PullImage", actions=list(ECR_PULL_ACTIONS), resources=[repository.repository_arn]),
             iam.PolicyStatement(sid="EcrLogin", actions=[statements.ECR_AUTH_ACTION], resources=["*"]),
             iam.PolicyStatement(sid="WriteLogs", actions=log_actions, resources=[log_group.log_group_arn]),
@@ -60,6 +65,15 @@ class ExecutionRole(Construct):
         ]
         if encryption_key is not None:
             policy_statements.append(statements.kms_use("UseStackKey", encryption_key))
+            # ResourceConfig.VolumeKmsKeyId: SageMaker creates the EBS volume's grant as this role.
+            policy_statements.append(
+                iam.PolicyStatement(
+                    sid="GrantVolumeKey",
+                    actions=["kms:CreateGrant"],
+                    resources=[encryption_key.key_arn],
+                    conditions={"Bool": {"kms:GrantIsForAWSResource": "true"}},
+                )
+            )
 
         self.role = iam.Role(
             self,

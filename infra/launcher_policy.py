@@ -25,11 +25,22 @@ TRAINING_JOB_ACTIONS = (
     "sagemaker:DescribeTrainingJob",
     "sagemaker:StopTrainingJob",
 )
-# sagemaker:ListTrainingJobs has no resource-level permissions (the Service Authorization
-# Reference lists no resource type for it), so it can only be granted on "*". It reveals job
-# names and states, not data; the launcher filters by name prefix itself.
-UNSCOPABLE_LAUNCHER_ACTIONS = ("sagemaker:ListTrainingJobs",)
+# sagemaker:ListTrainingJobs and ecr:GetAuthorizationToken have no resource-level permissions
+# (the Service Authorization Reference lists no resource type for them), so they can only be
+# granted on "*". The first reveals job names and states, not data (the launcher filters by
+# name prefix itself); the second only logs docker in: each push is still checked against
+# the repository statement below.
+UNSCOPABLE_LAUNCHER_ACTIONS = ("sagemaker:ListTrainingJobs", statements.ECR_AUTH_ACTION)
 LOG_READ_ACTIONS = ("logs:DescribeLogStreams", "logs:FilterLogEvents", "logs:GetLogEvents")
+# `launcher image --run` pushes to this repository; its tags are immutable, so a push cannot
+# replace an image that jobs ran with.
+PUSH_IMAGE_ACTIONS = (
+    "ecr:BatchCheckLayerAvailability",
+    "ecr:CompleteLayerUpload",
+    "ecr:InitiateLayerUpload",
+    "ecr:PutImage",
+    "ecr:UploadLayerPart",
+)
 UPLOAD_ACTIONS = ("s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject")
 
 
@@ -56,7 +67,7 @@ class LauncherPolicy(Construct):
         )
         policy_statements = [
             iam.PolicyStatement(sid="ManageJobs", actions=list(TRAINING_JOB_ACTIONS), resources=[training_jobs]),
-            iam.PolicyStatement(sid="ListJobs", actions=list(UNSCOPABLE_LAUNCHER_ACTIONS), resources=["*"]),
+            iam.PolicyStatement(sid="Unscopable", actions=list(UNSCOPABLE_LAUNCHER_ACTIONS), resources=["*"]),
             iam.PolicyStatement(
                 sid="PassExecutionRole",
                 actions=["iam:PassRole"],
@@ -71,6 +82,8 @@ class LauncherPolicy(Construct):
             iam.PolicyStatement(sid="ReadStackOutputs", actions=["cloudformation:DescribeStacks"],
                                 resources=[Aws.STACK_ID]),
             iam.PolicyStatement(sid="DescribeImages", actions=["ecr:DescribeImages"],
+                                resources=[repository.repository_arn]),
+            iam.PolicyStatement(sid="PushImage", actions=list(PUSH_IMAGE_ACTIONS),
                                 resources=[repository.repository_arn]),
             iam.PolicyStatement(sid="ReadLogs", actions=list(LOG_READ_ACTIONS), resources=[log_group.log_group_arn]),
         ]
@@ -101,5 +114,6 @@ class LauncherPolicy(Construct):
         acknowledge(
             self.policy,
             "AwsSolutions-IAM5[Resource::*]",
-            reason="Only sagemaker:ListTrainingJobs uses '*': it supports no resource-level permissions.",
+            reason="Only sagemaker:ListTrainingJobs and ecr:GetAuthorizationToken use '*': neither supports "
+            "resource-level permissions.",
         )

@@ -101,6 +101,7 @@ EXECUTION_ROLE_MATRIX: list[tuple[str, Check, bool]] = [
     ("write checkpoint", lambda s3, b: s3.put_object(Bucket=b.output, Key=CHECKPOINT_OBJECT, Body=b"c"), ALLOW),
     ("read checkpoint", lambda s3, b: s3.get_object(Bucket=b.output, Key=CHECKPOINT_OBJECT), ALLOW),
     ("delete old checkpoint", lambda s3, b: s3.delete_object(Bucket=b.output, Key=CHECKPOINT_OBJECT), ALLOW),
+    ("delete model output", lambda s3, b: s3.delete_object(Bucket=b.output, Key=MODEL_OBJECT), DENY),
     ("multipart upload to jobs/", lambda s3, b: multipart_then_abort(s3, b.output, MODEL_OBJECT + ".big"), ALLOW),
     ("list checkpoints/", lambda s3, b: s3.list_objects_v2(Bucket=b.output, Prefix="checkpoints/"), ALLOW),
     ("write training data", lambda s3, b: s3.put_object(Bucket=b.data, Key=DATA_OBJECT, Body=b"x"), DENY),
