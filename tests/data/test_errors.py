@@ -150,3 +150,18 @@ def test_non_finite_check_covers_all_values(tiny_dir, tmp_path):
 
     x = np.full((4, 3), 3e38, dtype=np.float32)
     Catalog._check_finite(None, x, 0, "train", "trial_0000")  # no error: the sum overflows, the values do not
+
+
+def test_directory_in_place_of_a_file_is_one_line(tiny_dir, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dir, root)
+    (root / SESSION / "data_train.hdf5").unlink()
+    (root / SESSION / "data_train.hdf5").mkdir()
+    with pytest.raises(DataError) as caught:
+        check_data(make_cfg(root, tmp_path))
+    assert "\n" not in str(caught.value) and str(caught.value).endswith("not a readable HDF5 file (Is a directory)")
+
+
+def test_s3_url_without_bucket_says_so(tmp_path):
+    with pytest.raises(DataError, match=r"^s3://: no bucket in the S3 URL"):
+        check_data(make_cfg("s3://", tmp_path))

@@ -78,7 +78,9 @@ def _open(path: str, url: str) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as e:
-        raise DataError(f"{url}: not a readable HDF5 file ({e})") from e
+        # h5py's own text can span lines (it embeds the C library's report); keep the gist
+        reason = os.strerror(e.errno) if e.errno else str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{url}: not a readable HDF5 file ({reason})") from e
 
 
 def build_index(path: str, url: str) -> FileIndex:

@@ -26,7 +26,7 @@ def build_spec(cfg) -> DataSpec:
     root = cfg.data_url.rstrip("/")
     storage = Storage.from_config(ds.storage)
     wanted = {(d, split): f"{s}/{FILE_NAMES[split]}" for d, s in enumerate(ds.sessions) for split in (TRAIN, VAL)}
-    found = list_objects(root, sorted(set(wanted.values())), storage)
+    found = list_objects(cfg.data_url, sorted(set(wanted.values())), storage)
     missing = [f"{root}/{rel}" for (d, split), rel in wanted.items() if split == TRAIN and found[rel] is None]
     if missing:
         more = f" (and {len(missing) - _SHOWN_MISSING} more)" if len(missing) > _SHOWN_MISSING else ""

@@ -130,6 +130,8 @@ def filesystem(url: str, storage: Storage):
     proto = _protocol(url)
     if proto not in ("file", "local", "s3"):
         raise DataError(f"{url}: unsupported storage (use a local path, file:// or s3://)")
+    if proto == "s3" and not url.split("://", 1)[-1].strip("/"):
+        raise DataError(f"{url}: no bucket in the S3 URL (use s3://bucket/prefix)")
     key = (os.getpid(), proto, storage)
     fs = _filesystems.get(key)
     if fs is None:
