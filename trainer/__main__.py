@@ -73,6 +73,12 @@ def report_failure(reason: str, failure_file: Optional[Path]) -> None:
             print(f"(could not write {failure_file}: {e.strerror})", file=sys.stderr)
 
 
+def os_error_line(e: OSError) -> str:
+    """``<path>: <reason>`` for an OSError about a path, e.g. an output folder that cannot be created."""
+    reason = e.strerror or str(e) or type(e).__name__
+    return f"{e.filename}: {reason}" if e.filename else reason
+
+
 def run(argv: Sequence[str], env=os.environ) -> int:
     from .environment import build_config, in_container, parse_cli, spec_from_cli, spec_from_container
 
@@ -133,6 +139,11 @@ def main(argv: Optional[Sequence[str]] = None, env=os.environ) -> int:
         return EXIT_DATA
     except (CheckpointError, TrainingError) as e:
         report_failure(f"training error: {e}", failure_file)
+        return EXIT_FAILED
+    except OSError as e:  # a path the run was given cannot be created, read or written
+        if e.filename is None:  # not about a path: keep the traceback, as for any unexpected error
+            traceback.print_exc()
+        report_failure(f"file error: {os_error_line(e)}", failure_file)
         return EXIT_FAILED
     except KeyboardInterrupt:
         report_failure("interrupted", None)

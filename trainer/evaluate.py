@@ -60,6 +60,13 @@ def run(args: argparse.Namespace) -> ValResult:
         trained = load_model(args.model, device=args.device)
     except FileNotFoundError as e:
         raise ConfigError("--model", f"no trained model at {args.model} ({e.filename})") from None
+    except ConfigError:
+        raise
+    except Exception as e:  # torch.load and load_state_dict raise many types; all mean "not our model"
+        detail = (str(e).splitlines() or [""])[0][:200]
+        raise ConfigError(
+            "--model", f"{args.model} is not a model written by training ({type(e).__name__}: {detail})"
+        ) from None
     if trained.config is None:
         raise ConfigError("--model", f"{args.model} has no config.yaml next to model.pt")
     cfg = config_from_dict(with_data_url(trained.config, args.data).model_dump(), args.overrides)
@@ -77,7 +84,7 @@ def run(args: argparse.Namespace) -> ValResult:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .__main__ import EXIT_CONFIG, EXIT_DATA, configure_logging
+    from .__main__ import EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, configure_logging, os_error_line
     from .data import DataError
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -90,6 +97,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DataError as e:
         print(f"data error: {e}", file=sys.stderr)
         return EXIT_DATA
+    except OSError as e:  # e.g. --out in a folder that cannot be created
+        print(f"file error: {os_error_line(e)}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -199,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--diphones", "--diphone", action="store_true", help=f"diphone targets ({DIPHONE_CLASSES} classes)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    for flag, value, least in (("--sessions", args.sessions, 1), ("--train-trials", args.train_trials, 1),
+                               ("--val-trials", args.val_trials, 0), ("--features", args.features, 1)):
+        if value < least:
+            p.error(f"{flag} must be at least {least}, got {value}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = SyntheticSpec(
         n_sessions=args.sessions,
@@ -208,7 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         diphones=args.diphones,
         seed=args.seed,
     )
-    names = generate(args.out, spec)
+    try:
+        names = generate(args.out, spec)
+    except OSError as e:
+        from .__main__ import os_error_line
+
+        print(f"error: cannot write the data set: {os_error_line(e)}", file=sys.stderr)
+        return 1
     print(" ".join(names))
     return 0
 

@@ -82,6 +82,10 @@ def test_train_evaluate_and_outputs(tiny_data, tmp_path, capsys):
     assert len(rows) == 8 and {r["session"] for r in rows} == {"t15.2023.08.11", "t15.2023.08.15"}
     best = json.loads((out / "val_metrics.json").read_text())
     assert float(printed[-1].split()[0].split("=")[1]) == pytest.approx(best["val_PER"], abs=1e-4)
+    (tmp_path / "file").write_text("")  # --out in a folder that cannot be created: one line, exit 1
+    assert evaluate_main(["--model", str(out / "model"), "--data", str(tiny_data),
+                          "--out", str(tmp_path / "file" / "preds.csv")]) == 1
+    assert capsys.readouterr().err.startswith(f"file error: {tmp_path / 'file'}: ")
 
 
 def test_dry_run_and_data_checks(tiny_data, tmp_path, capsys):
