@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from functools import lru_cache
 from typing import Any, Iterator, Optional
 
@@ -45,7 +46,8 @@ class Aws:
             self.session.register_component("data_loader", _shared_loader())
             if credentials:
                 self.session.set_credentials(*credentials)
-            resolved = region or self.session.get_config_variable("region")
+            # botocore reads AWS_DEFAULT_REGION only; the AWS CLI and the other SDKs also AWS_REGION.
+            resolved = region or os.environ.get("AWS_REGION") or self.session.get_config_variable("region")
         if not resolved:
             raise UsageError("no AWS region configured: pass --region REGION or set AWS_REGION")
         self.region: str = resolved

@@ -1,8 +1,8 @@
 """`python -m launcher` / `b2t`: one sub-command per module in launcher/commands/.
 
 This module only wires argparse to the commands and turns errors into exit codes: a user
-error (a config problem, a missing stack, an absent image...) prints one line and exits
-non-zero; anything else is a bug and keeps its traceback.
+error (a config problem, a missing stack, an absent image, a local path that cannot be
+written...) prints one line and exits non-zero; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -63,6 +63,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.filename is None:  # not about a local file: a bug, keep the traceback
+            raise
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 class _CurrentStderr(logging.StreamHandler):

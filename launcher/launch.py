@@ -122,6 +122,8 @@ def _spec(opts: StartOptions, job_name: str, config_file: str, image_tag: str, *
 
 def check_options(opts: StartOptions) -> None:
     """The flag checks that need no stack (``UsageError``), to run before any AWS call."""
+    if opts.job_name:
+        qualify_job_name(opts.job_name, None)  # the stack's prefix only lengthens it: a bad name stays bad
     check_spec(_spec(opts, job_name="", config_file="", image_tag=""))
 
 
@@ -149,6 +151,7 @@ def plan(
         else make_job_name(prefix, loaded.file_name, now)
     )
     spec = _spec(opts, name, loaded.file_name, tag, **spec_overrides)
+    check_spec(spec)  # `resume` comes here without check_options()
     request = build_training_job_request(spec, outputs)
     validate_request(request)
     result = Plan(spec=spec, request=request, loaded=loaded, outputs=outputs)

@@ -83,9 +83,10 @@ def make_job_name(prefix: str, config_file: str, now: Optional[dt.datetime] = No
     return f"{prefix}-{stem[: max(room - 1, 0)].rstrip('-')}-{stamp}" if room > 1 else f"{prefix}-{stamp}"
 
 
-def qualify_job_name(name: str, prefix: str) -> str:
-    """Names of this project's jobs start with ``<prefix>-`` (the IAM policies rely on it)."""
-    full = name if name.startswith(prefix + "-") else f"{prefix}-{name}"
+def qualify_job_name(name: str, prefix: Optional[str]) -> str:
+    """Names of this project's jobs start with ``<prefix>-`` (the IAM policies rely on it);
+    ``prefix=None`` checks ``name`` as given (before the stack, hence the prefix, is known)."""
+    full = name if prefix is None or name.startswith(prefix + "-") else f"{prefix}-{name}"
     if not _JOB_NAME_RE.match(full):
         raise UsageError(
             f"job name {full!r} is not valid: letters, digits and hyphens, at most {MAX_JOB_NAME} characters"

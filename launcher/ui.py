@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence, TextIO
+from typing import Optional, Sequence, TextIO
 
 
 def prog() -> str:
@@ -27,11 +27,26 @@ def key_values(rows: Sequence[tuple[str, str]]) -> str:
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in rows)
 
 
-def confirm(question: str, stream: TextIO = sys.stdin) -> bool:
-    """Ask a yes/no question; no answer (EOF, no terminal) means no."""
+def confirm(question: str, stream: Optional[TextIO] = None) -> bool:
+    """Ask a yes/no question on the terminal; no answer (EOF) means no.
+
+    Without a terminal to ask on it refuses (``UsageError``) rather than read a piped answer.
+    """
+    from .errors import UsageError
+
+    stream = stream or sys.stdin  # looked up now: sys.stdin may have been replaced since import
+    try:
+        interactive = stream.isatty()
+    except (AttributeError, ValueError):
+        interactive = False
+    if not interactive:
+        raise UsageError("stdin is not a terminal, so there is no one to confirm: pass -y to submit without asking")
     print(f"{question} [y/N] ", end="", flush=True)
     try:
         answer = stream.readline()
+    except KeyboardInterrupt:
+        print()  # end the prompt's line before the CLI says "interrupted"
+        raise
     except (OSError, ValueError):
         return False
     return answer.strip().lower() in ("y", "yes")

@@ -23,7 +23,10 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from launcher import jobs
+    from launcher.errors import UsageError
 
+    if args.to.exists() and not args.to.is_dir():
+        raise UsageError(f"--to {args.to} is a file, not a folder")
     aws, outputs = connect(args)
     name = job_name(args, outputs)
     got = jobs.download(aws, name, args.to, checkpoints=args.checkpoints)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from . import add_aws_args, connect, job_command_parser, job_name
 
@@ -26,8 +27,13 @@ def stream(aws, outputs, job: str, *, follow: bool, poll_s: float = 5.0) -> str:
     from launcher import jobs
 
     status = jobs.describe(aws, job)["TrainingJobStatus"]  # unknown job: one-line error first
+    printed = 0
     for line in jobs.follow_logs(aws, jobs.log_group_of(outputs), job, follow=follow, poll_s=poll_s):
         print(line, flush=True)
+        printed += 1
+    if not printed and not follow:
+        print(f"{job} ({status}) has logged nothing yet: its log stream appears once the instance starts; "
+              "--follow waits for it", file=sys.stderr)
     if follow:
         status = jobs.describe(aws, job)["TrainingJobStatus"]
         print(f"-- {job}: {status}")

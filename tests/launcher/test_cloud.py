@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 
 import pytest
@@ -89,8 +90,13 @@ def test_dry_run_prints_the_request_and_submits_nothing(deployed, cli):
     assert "Contents" not in deployed.client("s3").list_objects_v2(Bucket=deployed.output_bucket)
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 def test_without_yes_a_no_answer_submits_nothing(deployed, cli, monkeypatch):
-    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("n\n"))
+    monkeypatch.setattr("sys.stdin", Terminal("n\n"))
     code, out, _ = cli("start", "--config", DEMO_CONFIG)
     assert code == 1 and "not submitted" in out
     assert deployed.client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 
@@ -148,3 +149,106 @@ def test_max_wait_below_max_run_is_refused(deployed, cli):
 def test_upload_of_a_folder_without_sessions(deployed, cli, tmp_path):
     code, _, err = cli("upload", tmp_path)
     assert_one_line_error(code, err, "holds no <session>/*.hdf5 files")
+
+
+def test_unreachable_endpoint(aws_env, cli, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: connection refused
+    code, _, err = cli("list")
+    assert_one_line_error(code, err, "reading stack B2tSageMaker: cannot reach http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize("code_", ["ExpiredToken", "InvalidClientTokenId", "SignatureDoesNotMatch"])
+def test_rejected_credentials(deployed, cli, monkeypatch, code_):
+    from botocore.exceptions import ClientError
+
+    def refuse(*_args, **_kwargs):
+        raise ClientError({"Error": {"Code": code_, "Message": "The security token is invalid"}}, "DescribeStacks")
+
+    # AWS refusing the key as it reads the stack, the first call every command makes
+    monkeypatch.setattr("launcher.commands.connect", lambda args: (None, _in_aws_errors(refuse)))
+    code, _, err = start(cli)
+    assert_one_line_error(code, err, f"AWS rejected the credentials ({code_})", "aws sso login")
+    assert no_jobs(deployed.server)
+
+
+def _in_aws_errors(fn):
+    from launcher.aws import aws_errors
+
+    with aws_errors("reading stack B2tSageMaker"):
+        return fn()
+
+
+@pytest.mark.parametrize("name", ["bad_name!", "a" * 70])
+def test_invalid_job_name_fails_before_any_aws_call(deployed, cli, monkeypatch, name):
+    monkeypatch.setattr("launcher.aws.Aws", NoAwsAllowed)
+    code, _, err = start(cli, "--job-name", name)
+    assert code == 2
+    assert_one_line_error(code, err, "is not valid: letters, digits and hyphens, at most 63 characters")
+    assert no_jobs(deployed.server)
+
+
+@pytest.mark.parametrize("hours", ["0", "-1"])
+def test_resume_checks_max_run_too(deployed, cli, hours):
+    code, out, err = start(cli)
+    job = next(line.split()[1] for line in out.splitlines() if line.startswith("submitted "))
+    code, _, err = cli("resume", job, "--max-run", hours, "-y")
+    assert code == 2
+    assert_one_line_error(code, err, "--max-run must be between")
+    assert len(deployed.client("sagemaker").list_training_jobs()["TrainingJobSummaries"]) == 1
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_start_without_yes_off_a_terminal_is_refused(deployed, cli, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))  # piped: not a terminal
+    code, out, err = cli("start", "--config", DEMO_CONFIG)
+    assert code == 2
+    assert_one_line_error(code, err, "stdin is not a terminal", "pass -y")
+    assert no_jobs(deployed.server)
+
+
+def test_ctrl_c_at_the_prompt_exits_130_quietly(deployed, cli, monkeypatch):
+    class Interrupted(_Terminal):
+        def readline(self, *_args):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("sys.stdin", Interrupted())
+    code, out, err = cli("start", "--config", DEMO_CONFIG)
+    assert code == 130
+    assert err == "interrupted\n" and out.endswith("[y/N] \n")
+    assert no_jobs(deployed.server)
+
+
+def test_download_into_a_file_is_refused(deployed, cli, tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("")
+    code, _, err = cli("download", "some-job", "--to", target)
+    assert_one_line_error(code, err, f"--to {target} is a file, not a folder")
+
+
+def test_an_unwritable_local_path_is_one_line(deployed, cli, tmp_path, monkeypatch):
+    def unwritable(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "runs"))
+
+    monkeypatch.setattr("launcher.jobs.download", unwritable)
+    code, _, err = cli("download", "some-job", "--to", tmp_path / "runs")
+    assert_one_line_error(code, err, f"{tmp_path / 'runs'}: Permission denied")
+
+
+def test_logs_of_a_job_that_logged_nothing_yet(deployed, cli):
+    code, out, _ = start(cli)
+    job = next(line.split()[1] for line in out.splitlines() if line.startswith("submitted "))
+    code, out, err = cli("logs", job)
+    assert code == 0 and out == ""
+    assert "has logged nothing yet" in err and "--follow" in err
+
+
+def test_aws_region_variable_is_honoured(monkeypatch):
+    from launcher.aws import Aws
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert Aws().region == "eu-west-1"
