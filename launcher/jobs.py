@@ -359,17 +359,6 @@ def _extract(archive: Path, target: Path) -> None:
             tar.extractall(target)
 
 
-def copy_prefix(aws: Aws, src_uri: str, dest_uri: str) -> int:
-    """Server-side copy of every object under ``src_uri`` to ``dest_uri``; returns the count."""
-    sb, sp = s3sync.split_s3_url(src_uri)
-    db, dp = s3sync.split_s3_url(dest_uri)
-    with aws_errors(f"copying {src_uri} to {dest_uri}"):
-        objs = s3sync.list_objects(aws.s3, sb, sp)
-        for key in objs:
-            aws.s3.copy_object(Bucket=db, Key=dp + key[len(sp) :], CopySource={"Bucket": sb, "Key": key})
-    return len(objs)
-
-
 def count_objects(aws: Aws, uri: str) -> int:
     bucket, prefix = s3sync.split_s3_url(uri)
     with aws_errors(f"listing {uri}"):
