@@ -30,7 +30,7 @@ from .stack import StackOutputs, placeholder_outputs
 log = logging.getLogger(__name__)
 
 LOCAL_REGION = "us-east-1"
-SYNTHETIC_VERSION = 1  # bump when trainer.synthetic's output changes, to regenerate the cache
+SYNTHETIC_VERSION = 2  # bump when trainer.synthetic's output changes, to regenerate the cache
 _READY = ".complete"
 STOP_GRACE_S = 120  # what SageMaker gives a container between SIGTERM and SIGKILL
 STOPPED_EXIT = 128 + signal.SIGTERM  # the trainer's exit status after a SIGTERM stop (checkpoint saved)

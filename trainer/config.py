@@ -41,13 +41,29 @@ ENTRY_POINT_KEYS: dict[str, str] = {
 }
 
 
-class ConfigError(ValueError):
-    """A configuration problem, rendered as one line: ``<dotted.key>: <reason>``."""
+MAX_REPORTED_PROBLEMS = 10  # lines a ConfigError shows; the rest are counted
 
-    def __init__(self, key: str, reason: str):
+
+def _problem_line(key: str, reason: str) -> str:
+    return f"{key}: {reason}" if key else reason
+
+
+class ConfigError(ValueError):
+    """Configuration problems, one line each: ``<dotted.key>: <reason>``.
+
+    ``key``/``reason`` are the first problem; ``problems`` holds every one. At most
+    ``MAX_REPORTED_PROBLEMS`` lines are shown, then a line counting the rest.
+    """
+
+    def __init__(self, key: str, reason: str, more: Sequence[tuple[str, str]] = ()):
         self.key = key
         self.reason = reason
-        super().__init__(f"{key}: {reason}" if key else reason)
+        self.problems: list[tuple[str, str]] = [(key, reason), *more]
+        lines = [_problem_line(k, r) for k, r in self.problems[:MAX_REPORTED_PROBLEMS]]
+        hidden = len(self.problems) - len(lines)
+        if hidden:
+            lines.append(f"... and {hidden} more problem{'s' if hidden > 1 else ''}")
+        super().__init__("\n".join(lines))
 
 
 def _none_string(value: Any) -> Any:
@@ -253,6 +269,19 @@ class TrainConfig(_Strict):
 
     dataset: DatasetConfig
 
+    # The lab fork's composite diphone loss, L = alpha * CTC(phonemes) + (1 - alpha) * CTC(diphones),
+    # the phoneme log-probabilities being the diphone ones marginalised over the previous phoneme.
+    # alpha is composite_loss_alpha, or with use_alpha_schedule
+    # min(alpha_schedule_start + (batch // alpha_schedule_step_interval) * alpha_schedule_step_size,
+    # alpha_schedule_end). Defaults are the fork trainer's.
+    use_composite_loss: bool = False
+    composite_loss_alpha: float = Field(0.5, ge=0.0, le=1.0)
+    use_alpha_schedule: bool = False
+    alpha_schedule_start: float = Field(0.0, ge=0.0, le=1.0)
+    alpha_schedule_end: float = Field(0.6, ge=0.0, le=1.0)
+    alpha_schedule_step_size: float = Field(0.1, ge=0.0, le=1.0)
+    alpha_schedule_step_interval: int = Field(3000, gt=0)
+
     # The seed's SageMaker fork passed these on its command line; accepted as a
     # shorthand for dataset.dataset_dir = s3://<s3_bucket>/<s3_data_prefix>.
     s3_bucket: Optional[str] = None
@@ -277,6 +306,16 @@ class TrainConfig(_Strict):
             raise ValueError(
                 f"model.n_classes: {self.model.n_classes} does not match dataset.n_classes {self.dataset.n_classes}"
             )
+        if self.use_composite_loss and self.dataset.n_classes != DIPHONE_CLASSES:
+            raise ValueError(
+                f"use_composite_loss: needs diphone targets (dataset.n_classes {DIPHONE_CLASSES}), "
+                f"got {self.dataset.n_classes}"
+            )
+        if self.use_alpha_schedule and self.alpha_schedule_start > self.alpha_schedule_end:
+            raise ValueError(
+                f"alpha_schedule_start: {self.alpha_schedule_start} is larger than "
+                f"alpha_schedule_end {self.alpha_schedule_end}"
+            )
         if self.init_from_checkpoint and not self.init_checkpoint_path:
             raise ValueError("init_checkpoint_path: required when init_from_checkpoint is true")
         if (self.s3_bucket is None) != (self.s3_data_prefix is None) and self.s3_bucket is None:
@@ -300,10 +339,10 @@ class TrainConfig(_Strict):
 # Loading
 
 
-def _format_error(err: ValidationError) -> ConfigError:
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
-    msg = first["msg"]
+def _problem(error: Mapping[str, Any]) -> tuple[str, str]:
+    """(dotted key, reason) of one pydantic error."""
+    loc = [str(p) for p in error["loc"]]
+    msg = error["msg"]
     # Cross-field checks raise "key: reason" from a model validator; move the key into loc.
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
@@ -312,18 +351,21 @@ def _format_error(err: ValidationError) -> ConfigError:
         loc.append(head)
         msg = rest
     key = ".".join(loc) or "(top level)"
-    if first["type"] == "extra_forbidden":
+    if error["type"] == "extra_forbidden":
         msg = "unknown key"
-    elif first["type"] == "missing":
+    elif error["type"] == "missing":
         msg = "required key is missing"
-    if "input" in first and first["type"] not in ("extra_forbidden", "missing", "value_error"):
-        shown = repr(first["input"])
+    if "input" in error and error["type"] not in ("extra_forbidden", "missing", "value_error"):
+        shown = repr(error["input"])
         if len(shown) <= 60:
             msg = f"{msg} (got {shown})"
-    extra = len(err.errors()) - 1
-    if extra:
-        msg = f"{msg} (and {extra} more problem{'s' if extra > 1 else ''})"
-    return ConfigError(key, msg)
+    return key, msg
+
+
+def _format_error(err: ValidationError) -> ConfigError:
+    """Every problem pydantic found, one line each (see :class:`ConfigError`)."""
+    problems = [_problem(e) for e in err.errors()]
+    return ConfigError(*problems[0], more=problems[1:])
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -9,6 +9,10 @@ MetricDefinitions from :func:`metric_definitions`)::
   ``METRIC step=200 train_loss=1.2345 lr=0.004 lr_day=0.005 grad_norm=0.8123 sec_per_batch=0.0412``
 - validation, every ``batches_per_val_step`` batches and after the last one:
   ``METRIC step=2000 val_loss=0.9876 val_PER=0.2345``
+- diphone models (1681 classes) add ``val_DER`` to the validation line, and with
+  ``use_composite_loss`` the training line carries ``alpha`` (the weight of the phoneme CTC):
+  ``METRIC step=200 train_loss=… alpha=0.2 …``; their regexes come from
+  ``metric_definitions(DIPHONE_METRICS)`` (not in the default set, which every run prints)
 - per session (``log_individual_day_val_PER``), a different prefix so the regexes above
   never match it: ``METRIC_SESSION step=2000 session=t15.2023.08.13 val_PER=0.2100``
 
@@ -39,6 +43,7 @@ METRIC_LINE_FORMAT = "METRIC step={step} {name}={value:.6g} ..."
 TRAIN_METRICS = ("train_loss", "lr", "lr_day", "grad_norm", "sec_per_batch")
 VAL_METRICS = ("val_loss", "val_PER")
 METRIC_NAMES = TRAIN_METRICS + VAL_METRICS
+DIPHONE_METRICS = ("alpha", "val_DER")  # only diphone runs print these
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
 BLANK = 0
@@ -49,8 +54,8 @@ PHONEMES = (
 
 def metric_regex(name: str) -> str:
     """A regex whose first group is the value of ``name`` on a ``METRIC step=`` line."""
-    if name not in METRIC_NAMES:
-        raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES)}")
+    if name not in METRIC_NAMES + DIPHONE_METRICS:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES + DIPHONE_METRICS)}")
     return rf"^{METRIC_PREFIX} step=[0-9]+ (?:\S+ )*{name}={_NUMBER}"
 
 
@@ -89,10 +94,22 @@ class MetricsSink:
 
 # ---------------------------------------------------------------------------------------
 # Decoding and PER
+#
+# Phoneme models (41 classes): greedy CTC over the 41 logits (argmax per frame, merge
+# repeats, drop blanks), against ``seq_class_ids``.
+#
+# Diphone models (1681 classes, id = prev * 41 + cur; the first phoneme of a sentence is
+# stored as ``cur`` alone in the lab fork's files, i.e. prev = 0, or as ``40 * 41 + cur`` in
+# older synthetic files): PER as the fork's trainer computes it. Per frame the softmax
+# probabilities of the 41 diphones ending in each phoneme are summed, greedy CTC runs over
+# those 41 marginal probabilities, and the result is compared with the phoneme targets
+# (``seq_class_ids_phoneme`` when the file has them, else ``id % 41`` of the diphone
+# targets, which reads both first-phoneme encodings). DER is greedy CTC over the 1681
+# logits against the diphone targets as stored.
 
 
 def to_phonemes(ids: Sequence[int] | np.ndarray, n_classes: int) -> np.ndarray:
-    """Phoneme ids: diphones (``prev * 41 + cur``) map to ``cur``; phonemes stay."""
+    """Phoneme ids: diphones (``prev * 41 + cur``, or ``cur`` alone) map to ``cur``; phonemes stay."""
     ids = np.asarray(ids, dtype=np.int64)
     return ids % PHONEME_CLASSES if n_classes != PHONEME_CLASSES else ids
 
@@ -107,10 +124,25 @@ def collapse(ids: np.ndarray) -> np.ndarray:
     return ids[ids != BLANK]
 
 
+def marginal_phoneme_probs(logits: np.ndarray) -> np.ndarray:
+    """[T, 1681] diphone logits -> [T, 41]: softmax, then the sum over the previous phoneme."""
+    z = np.asarray(logits, dtype=np.float64)
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return p.reshape(*p.shape[:-1], PHONEME_CLASSES, PHONEME_CLASSES).sum(axis=-2)
+
+
 def greedy_decode(logits: np.ndarray, length: int, n_classes: int) -> np.ndarray:
-    """Best-path decoding of one trial's [T, C] logits, as phoneme ids."""
-    path = np.argmax(logits[:length], axis=-1)
-    return collapse(to_phonemes(path, n_classes))
+    """Best-path decoding of one trial's [T, C] logits, as phoneme ids (see above for diphones)."""
+    frames = logits[:length]
+    if n_classes != PHONEME_CLASSES:
+        frames = marginal_phoneme_probs(frames)
+    return collapse(np.argmax(frames, axis=-1))
+
+
+def greedy_decode_diphones(logits: np.ndarray, length: int) -> np.ndarray:
+    """Best-path decoding over all 1681 classes, as diphone ids (for DER)."""
+    return collapse(np.argmax(logits[:length], axis=-1))
 
 
 def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:

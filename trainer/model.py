@@ -149,13 +149,29 @@ def model_for(cfg: TrainConfig) -> GRUDecoder:
 
 
 def clean_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict without ``torch.compile``'s ``_orig_mod.`` (or DDP's ``module.``) prefixes."""
+    """A state dict in this model's layout: without ``torch.compile``'s ``_orig_mod.`` (or DDP's
+    ``module.``) prefixes, and with the lab fork's stacked day layers (``day_weights``
+    [n_days, D, D], ``day_biases`` [n_days, D]) split into ``day_weights.N`` / ``day_biases.N``."""
     out = {}
     for key, value in state.items():
         for prefix in (COMPILE_PREFIX, "module."):
             while key.startswith(prefix):
                 key = key[len(prefix) :]
         out[key.replace("." + COMPILE_PREFIX, ".")] = value
+    return unstack_day_layers(out)
+
+
+def unstack_day_layers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The fork's ``day_weights`` [n, D, D] / ``day_biases`` [n, D] as ``day_weights.N`` [D, D] /
+    ``day_biases.N`` [1, D]; any other state is returned unchanged."""
+    weights, biases = state.get("day_weights"), state.get("day_biases")
+    if not isinstance(weights, torch.Tensor) or weights.dim() != 3:
+        return state
+    out = {k: v for k, v in state.items() if k not in ("day_weights", "day_biases")}
+    for day in range(weights.shape[0]):
+        out[f"day_weights.{day}"] = weights[day].clone()
+        if isinstance(biases, torch.Tensor):
+            out[f"day_biases.{day}"] = biases[day].reshape(1, -1).clone()
     return out
 
 

@@ -8,9 +8,11 @@ Layout, as in the released t15 copy-task files (``<root>/<session>/data_train.hd
 - ``transcription``: int32 [500], the sentence's character codes, zero padded;
 
 and the attributes ``n_time_steps``, ``seq_len``, ``block_num``, ``trial_num``,
-``session`` and ``sentence_label``. With diphone targets (``--diphones``: ``seq_class_ids``
-holds ``prev * 41 + cur``) each trial also carries the phoneme-level ``phoneme_ids`` [500]
-and attribute ``phoneme_seq_len``.
+``session`` and ``sentence_label``. With diphone targets (``--diphones``) the layout is the lab
+fork's ``hdf5_data_diphone_encoded``: ``seq_class_ids`` holds ``prev * 41 + cur``, the first
+phoneme of a sentence as ``cur`` alone (``SyntheticSpec.diphone_first_prev = 40`` writes the
+older ``40 * 41 + cur`` instead), and each trial also carries the phoneme targets
+``seq_class_ids_phoneme`` [500] with attribute ``seq_len_phoneme``.
 
 Learnable: each phoneme has a fixed spatial pattern over the 512 features that is
 active for the bins the phoneme is "spoken"; every session sees the patterns through
@@ -39,10 +41,9 @@ PHONEMES = (
 ).split() + ["|"]
 SILENCE = PHONEMES.index("|")  # 40, the word boundary class
 MAX_SEQ_ELEMENTS = 500
-# With diphone targets, the phoneme-level labels are stored too (the trainer maps diphone ids
-# to phonemes itself, id % 41, so it never needs them; they are for analysis).
-PHONEME_IDS = "phoneme_ids"
-PHONEME_SEQ_LEN = "phoneme_seq_len"
+# With diphone targets the phoneme-level labels ride along, under the fork's names.
+PHONEME_IDS = "seq_class_ids_phoneme"
+PHONEME_SEQ_LEN = "seq_len_phoneme"
 
 # A small lexicon in ARPAbet (stress marks dropped, as in the t15 labels).
 LEXICON = {
@@ -71,6 +72,7 @@ class SyntheticSpec:
     val_trials: int = 24
     n_features: int = 512
     diphones: bool = False
+    diphone_first_prev: int = 0  # the first phoneme's diphone: 0 -> cur alone (the fork's), 40 -> 40 * 41 + cur
     seed: int = 0
     min_words: int = 2
     max_words: int = 5
@@ -97,9 +99,10 @@ def phonemes_of(sentence: str) -> list[int]:
     return ids
 
 
-def to_diphones(phonemes: Sequence[int]) -> list[int]:
-    """Diphone ids ``prev * 41 + cur``; the first phoneme's predecessor is silence."""
-    prev = SILENCE
+def to_diphones(phonemes: Sequence[int], first_prev: int = 0) -> list[int]:
+    """Diphone ids ``prev * 41 + cur``; the first phoneme is ``first_prev * 41 + cur``
+    (``cur`` alone with the default 0, as in the lab fork's files)."""
+    prev = first_prev
     out = []
     for p in phonemes:
         out.append(prev * PHONEME_CLASSES + p)
@@ -136,7 +139,7 @@ def _trial(world: _World, spec: SyntheticSpec, day: int, rng: np.random.Generato
         t += int(d)
     noise = rng.standard_normal((n_bins, spec.n_features)).astype(np.float32) * spec.noise_std
     features = (clean * world.gains[day] + world.offsets[day] + noise).astype(np.float32)
-    labels = to_diphones(phonemes) if spec.diphones else phonemes
+    labels = to_diphones(phonemes, spec.diphone_first_prev) if spec.diphones else phonemes
     return features, labels, sentence, phonemes
 
 
@@ -154,7 +157,7 @@ def write_session_file(path: Path, session: str, trials: list, first_block: int,
             g = f.create_group(f"trial_{i:04d}")
             g.create_dataset("input_features", data=features)
             g.create_dataset("seq_class_ids", data=_padded(labels))
-            if labels != phonemes:  # diphone targets: the phoneme-level sequence rides along
+            if labels is not phonemes:  # diphone targets: the phoneme-level sequence rides along
                 g.create_dataset(PHONEME_IDS, data=_padded(phonemes))
                 g.attrs[PHONEME_SEQ_LEN] = len(phonemes)
             g.create_dataset("transcription", data=_padded([ord(c) for c in sentence]))
@@ -167,11 +170,14 @@ def write_session_file(path: Path, session: str, trials: list, first_block: int,
     tmp.replace(path)
 
 
-def generate(root: Path | str, spec: SyntheticSpec = SyntheticSpec()) -> list[str]:
-    """Write ``<root>/<session>/data_{train,val}.hdf5`` for every session; returns the session names."""
+def generate(root: Path | str, spec: SyntheticSpec = SyntheticSpec(), names: Sequence[str] | None = None) -> list[str]:
+    """Write ``<root>/<session>/data_{train,val}.hdf5`` for every session; returns the session names
+    (``names`` when given, one per session, e.g. a config's real session list)."""
     root = Path(root)
     world = _World(spec)
-    names = session_names(spec.n_sessions, spec.first_session)
+    if names is not None and len(names) != spec.n_sessions:
+        raise ValueError(f"{len(names)} session names for {spec.n_sessions} sessions")
+    names = list(names) if names is not None else session_names(spec.n_sessions, spec.first_session)
     for day, session in enumerate(names):
         rng = np.random.default_rng([spec.seed, day])
         train = [_trial(world, spec, day, rng) for _ in range(spec.train_trials)]

@@ -31,7 +31,7 @@ from .export import export_model
 from .metrics import MetricsSink
 from .model import GRUDecoder, count_parameters, model_for, output_lengths
 from .schedule import learning_rates
-from .validation import ValResult, autocast, ctc_loss, evaluate
+from .validation import ValResult, autocast, composite_alpha, composite_loss, ctc_loss, evaluate, phoneme_targets
 
 log = logging.getLogger(__name__)
 
@@ -284,13 +284,19 @@ def train_step(run: Run, batch: dict, step: int) -> tuple[torch.Tensor, torch.Te
     n_steps = batch["n_time_steps"].to(device, non_blocking=True)
     label_lens = batch["phone_seq_lens"].to(device, non_blocking=True)
     days = batch["day_indicies"].to(device, non_blocking=True)
+    alpha = composite_alpha(cfg, step)
+    if alpha is not None:
+        phonemes, phoneme_lens = (t.to(device, non_blocking=True) for t in phoneme_targets(batch, cfg.n_classes))
     with autocast(device, run.amp_dtype):
         features, n_steps = transform(
             features, n_steps, cfg.dataset.data_transforms, train=True, generator=run.generator
         )
         lengths = output_lengths(n_steps, cfg.model.patch_size, cfg.model.patch_stride)
         logits = run.forward(features, days)
-        loss = ctc_loss(logits, labels, lengths, label_lens)
+        if alpha is None:
+            loss = ctc_loss(logits, labels, lengths, label_lens)
+        else:
+            loss = composite_loss(logits, lengths, labels, label_lens, phonemes, phoneme_lens, alpha)
     if run.scaler is not None:
         run.scaler.scale(loss).backward()
         run.scaler.unscale_(run.optimizer)
@@ -337,10 +343,12 @@ def validate(run: Run, val_loader, i: int, should_stop: Callable[[], bool]) -> b
         )
     if result is None:
         return False
-    run.sink.emit("val", i, {"val_loss": result.loss, "val_PER": result.per})
+    run.sink.emit("val", i, {"val_loss": result.loss, "val_PER": result.per,
+                             **({} if result.der is None else {"val_DER": result.der})})
     if cfg.log_individual_day_val_PER:
         for day, per in result.per_day.items():
-            run.sink.emit("val_session", i, {"val_PER": per}, session=cfg.dataset.sessions[day])
+            der = {} if result.der is None else {"val_DER": result.der_day[day]}
+            run.sink.emit("val_session", i, {"val_PER": per, **der}, session=cfg.dataset.sessions[day])
     log.info("validation after batch %d: PER %.4f, loss %.4f (%.1f s)", i, result.per, result.loss,
              time.monotonic() - start)
     improved = result.per < p.best_val_PER or (result.per == p.best_val_PER and result.loss < p.best_val_loss)
@@ -372,6 +380,7 @@ def write_val_metrics(run: Run, result: ValResult, step: int) -> None:
         "step": step,
         "val_PER": result.per,
         "val_loss": result.loss,
+        "val_DER": result.der,
         "session_PER": {sessions[d]: per for d, per in result.per_day.items()},
         "trials": [
             {"session": sessions[t.day], "block": t.block, "trial": t.trial, "decoded": t.decoded.tolist(),
@@ -422,8 +431,10 @@ def train(
         if i % log_every == 0 or i == last:
             lr, lr_day = learning_rates(cfg, i)
             elapsed = time.monotonic() - interval_start
+            alpha = composite_alpha(cfg, i)
             run.sink.emit("train", i, {"train_loss": float(loss_sum) / interval_batches, "lr": lr, "lr_day": lr_day,
-                                       "grad_norm": float(grad_norm), "sec_per_batch": elapsed / interval_batches})
+                                       "grad_norm": float(grad_norm), "sec_per_batch": elapsed / interval_batches,
+                                       **({} if alpha is None else {"alpha": alpha})})
             loss_sum, interval_start, interval_batches = None, time.monotonic(), 0
         at_val = val_loader is not None and is_val_step(cfg, i)
         if at_val and not validate(run, val_loader, i, should_stop):

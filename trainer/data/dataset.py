@@ -148,6 +148,8 @@ class Catalog:
             scalars[:, b] = (t.n_time_steps, t.seq_len, day, t.block_num, t.trial_num)
         for i, key in enumerate(("n_time_steps", "phone_seq_lens", "day_indicies", "block_nums", "trial_nums")):
             out[key] = torch.from_numpy(scalars[i])
+        if all(t.seq_class_ids_phoneme is not None for _, _, t, _ in rows):
+            out.update(_phoneme_targets(rows))
         return out
 
     def _check_finite(self, x: np.ndarray, day: int, split: str, key: str) -> None:
@@ -159,6 +161,18 @@ class Catalog:
             bad = np.argwhere(~np.isfinite(x))[0]
             raise trial_error(self.spec.file(day, split).url, key,
                               f"non-finite input_features (first at bin {bad[0]}, feature {bad[1]})")
+
+
+def _phoneme_targets(rows: list) -> dict[str, torch.Tensor]:
+    """``seq_class_ids_phoneme`` [n, L] (zero padded) and ``phone_seq_lens_phoneme`` [n], as the fork's loader."""
+    lengths = np.array([t.seq_len_phoneme for _, _, t, _ in rows], dtype=np.int64)
+    out = {"seq_class_ids_phoneme": _empty((len(rows), int(lengths.max(initial=0))), torch.int64)}
+    labels = out["seq_class_ids_phoneme"].numpy()
+    labels[...] = 0
+    for b, (_, _, t, reader) in enumerate(rows):
+        labels[b, : lengths[b]] = reader.read(t, "seq_class_ids_phoneme")[: lengths[b]]
+    out["phone_seq_lens_phoneme"] = torch.from_numpy(lengths)
+    return out
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -24,9 +24,11 @@ from .errors import DataError, trial_error
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 FIELDS = ("input_features", "seq_class_ids", "transcription")
 ATTRS = ("n_time_steps", "seq_len", "block_num", "trial_num")
+# Diphone-encoded files (the lab fork's) also carry the phoneme targets and their length.
+PHONEME_FIELD, PHONEME_LEN_ATTR = "seq_class_ids_phoneme", "seq_len_phoneme"
 _TRIAL_KEY = re.compile(r"trial_(\d+)")
 
 
@@ -47,6 +49,8 @@ class Trial:
     input_features: Field
     seq_class_ids: Field
     transcription: Field
+    seq_class_ids_phoneme: Optional[Field] = None
+    seq_len_phoneme: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,8 @@ class FileIndex:
             return Field(offset=d["offset"], shape=tuple(d["shape"]), dtype=d["dtype"])
 
         trials = tuple(
-            Trial(**{k: (field(v) if k in FIELDS else v) for k, v in t.items()}) for t in raw["trials"]
+            Trial(**{k: (field(v) if k in FIELDS or (k == PHONEME_FIELD and v) else v) for k, v in t.items()})
+            for t in raw["trials"]
         )
         return cls(url=raw["url"], size=raw["size"], trials=trials)
 
@@ -114,6 +119,11 @@ def _trial(f: h5py.File, key: str, url: str, size: int) -> Trial:
             if name not in g:
                 raise trial_error(url, key, f"missing field '{name}'")
             fields[name] = _field(g[name], url, key, size)
+        if PHONEME_FIELD in g:
+            if PHONEME_LEN_ATTR not in g.attrs:
+                raise trial_error(url, key, f"has '{PHONEME_FIELD}' but no attribute '{PHONEME_LEN_ATTR}'")
+            fields[PHONEME_FIELD] = _field(g[PHONEME_FIELD], url, key, size)
+            attrs[PHONEME_LEN_ATTR] = int(np.asarray(g.attrs[PHONEME_LEN_ATTR]).reshape(()))
     except DataError:
         raise
     except Exception as e:  # damaged metadata surfaces as OSError, KeyError, ValueError, RuntimeError...
@@ -123,11 +133,14 @@ def _trial(f: h5py.File, key: str, url: str, size: int) -> Trial:
         raise trial_error(url, key, f"input_features must be a 2-D float array, got {feats.dtype} {feats.shape}")
     if feats.shape[0] != attrs["n_time_steps"]:
         raise trial_error(url, key, f"n_time_steps is {attrs['n_time_steps']} but input_features has {feats.shape[0]} rows")
-    for name in ("seq_class_ids", "transcription"):
+    for name in [n for n in ("seq_class_ids", "transcription", PHONEME_FIELD) if n in fields]:
         if len(fields[name].shape) != 1 or np.dtype(fields[name].dtype).kind not in "iu":
             raise trial_error(url, key, f"{name} must be a 1-D integer array, got {fields[name].dtype} {fields[name].shape}")
     if not 0 <= attrs["seq_len"] <= fields["seq_class_ids"].shape[0]:
         raise trial_error(url, key, f"seq_len {attrs['seq_len']} does not fit seq_class_ids of length {fields['seq_class_ids'].shape[0]}")
+    if PHONEME_FIELD in fields and not 0 <= attrs[PHONEME_LEN_ATTR] <= fields[PHONEME_FIELD].shape[0]:
+        raise trial_error(url, key, f"{PHONEME_LEN_ATTR} {attrs[PHONEME_LEN_ATTR]} does not fit {PHONEME_FIELD} "
+                                    f"of length {fields[PHONEME_FIELD].shape[0]}")
     return Trial(key=key, **attrs, **fields)
 
 
