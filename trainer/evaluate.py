@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> ValResult:
     for day, per in result.per_day.items():
         n = sum(1 for t in result.trials if t.day == day)
         print(f"{trained.sessions[day]} PER {per:.4f} ({n} trials)")
+    if result.der is not None:
+        print(f"DER {result.der:.4f} (diphone error rate)")
     print(f"predictions: {args.out}")
     print(f"per={result.per:.4f} trials={len(result.trials)}", flush=True)
     return result

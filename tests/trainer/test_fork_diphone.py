@@ -86,7 +86,7 @@ def test_fork_yaml_as_published_passes_dry_run(fork_data, tmp_path, capsys):
     assert "dry run: config and data OK (135 train, 45 validation trials)" in capsys.readouterr().out
 
 
-def test_fork_yaml_trains_a_few_batches_with_scheduled_alpha(fork_data, tmp_path):
+def test_fork_yaml_trains_a_few_batches_with_scheduled_alpha(fork_data, tmp_path, capsys):
     # The published file; only the model's size and the run's length shrink, and the composite
     # loss with its schedule is switched on (the file has it off), stepping every 2 batches.
     small = ["model.n_units=16", "model.n_layers=2", "dataset.batch_size=8", "dataset.num_dataloader_workers=0",
@@ -106,6 +106,12 @@ def test_fork_yaml_trains_a_few_batches_with_scheduled_alpha(fork_data, tmp_path
     trained = load_model(out / "model")
     assert trained.model.bidirectional and trained.model.out.out_features == 1681
     assert trained.config.use_composite_loss and len(trained.sessions) == 45
+    from trainer.evaluate import main as evaluate_main
+
+    assert evaluate_main(["--model", str(out / "model"), "--data", str(fork_data), "--out", str(tmp_path / "p.csv"),
+                          "--set", "dataset.num_dataloader_workers=0"]) == 0
+    printed = capsys.readouterr().out
+    assert "DER " in printed and "trials=41" in printed.splitlines()[-1]
 
 
 # ---------------------------------------------------------------------------------------
