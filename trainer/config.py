@@ -341,7 +341,8 @@ class TrainConfig(_Strict):
 
 def _problem(error: Mapping[str, Any]) -> tuple[str, str]:
     """(dotted key, reason) of one pydantic error."""
-    loc = [str(p) for p in error["loc"]]
+    # pydantic names the member a value failed of a union (``gpu_number: str | int``) after the key
+    loc = [str(p) for p in error["loc"] if not (str(p) in _UNION_TAGS or "[" in str(p))]
     msg = error["msg"]
     # Cross-field checks raise "key: reason" from a model validator; move the key into loc.
     if msg.startswith("Value error, "):
@@ -362,9 +363,16 @@ def _problem(error: Mapping[str, Any]) -> tuple[str, str]:
     return key, msg
 
 
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none"})
+
+
 def _format_error(err: ValidationError) -> ConfigError:
-    """Every problem pydantic found, one line each (see :class:`ConfigError`)."""
-    problems = [_problem(e) for e in err.errors()]
+    """Every problem pydantic found, one line per key (see :class:`ConfigError`)."""
+    by_key: dict[str, list[str]] = {}
+    for key, reason in map(_problem, err.errors()):
+        if reason not in by_key.setdefault(key, []):
+            by_key[key].append(reason)
+    problems = [(key, " or ".join(reasons)) for key, reasons in by_key.items()]
     return ConfigError(*problems[0], more=problems[1:])
 
 

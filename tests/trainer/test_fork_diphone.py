@@ -410,12 +410,13 @@ def test_load_model_anything_else_is_one_line(tmp_path, fork_checkpoint):
 
 
 def test_every_wrong_key_is_named(capsys, tmp_path):
-    bad = ["dataset.batch_size=-1", "composite_loss_alpha=1.5", "model.bogus=1", "alpha_schedule_step_interval=0"]
+    bad = ["dataset.batch_size=-1", "composite_loss_alpha=1.5", "model.bogus=1", "alpha_schedule_step_interval=0",
+           "gpu_number=[1]"]
     with pytest.raises(ConfigError) as info:
         load_config(FORK_YAML, bad)
     lines = str(info.value).splitlines()
     assert sorted(line.split(": ")[0] for line in lines) == ["alpha_schedule_step_interval", "composite_loss_alpha",
-                                                             "dataset.batch_size", "model.bogus"]
+                                                             "dataset.batch_size", "gpu_number", "model.bogus"]
     assert "composite_loss_alpha: Input should be less than or equal to 1 (got 1.5)" in lines
     with pytest.raises(ConfigError) as info:
         load_config(FORK_YAML, [f"unknown_{i}=1" for i in range(13)])
@@ -424,4 +425,19 @@ def test_every_wrong_key_is_named(capsys, tmp_path):
     args = ["--config", str(FORK_YAML), "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--dry-run"]
     assert main([*args, *[a for s in bad for a in ("--set", s)]]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("config error: ") and len(err) == 4 and "Traceback" not in "".join(err)
+    assert err[0].startswith("config error: ") and len(err) == 5 and "Traceback" not in "".join(err)
+
+
+def test_phoneme_field_without_its_length_names_the_trial(tmp_path):
+    from trainer.data import DataError, check_data
+
+    spec = SyntheticSpec(n_sessions=1, train_trials=2, val_trials=0, n_features=8, diphones=True, seed=1)
+    names = generate(tmp_path, spec)
+    path = tmp_path / names[0] / "data_train.hdf5"
+    with h5py.File(path, "a") as f:
+        del f["trial_0001"].attrs["seq_len_phoneme"]
+    cfg = load_config(FORK_YAML, [f"dataset.dataset_dir={tmp_path}", f"dataset.sessions=[{names[0]}]",
+                                  "dataset.dataset_probability_val=None", "dataset.days_per_batch=1",
+                                  "dataset.neural_dim=8", "model.n_input_features=8"])
+    with pytest.raises(DataError, match="trial_0001: has 'seq_class_ids_phoneme' but no attribute 'seq_len_phoneme'"):
+        check_data(cfg)
