@@ -17,6 +17,25 @@ GITHUB_OIDC_AUDIENCE = "sts.amazonaws.com"
 BOOTSTRAP_ROLE_KINDS = ("deploy", "file-publishing", "image-publishing", "lookup")
 
 
+def github_principal(provider_arn: str, github: GitHubSetting) -> iam.WebIdentityPrincipal:
+    """Tokens of GitHub's OIDC provider for this repository's ref or environment only.
+
+    The `sub` claim is `repo:<owner>/<repo>:environment:<name>` for a job that declares an
+    environment and `repo:<owner>/<repo>:ref:<ref>` otherwise (GitHub Docs, "About security
+    hardening with OpenID Connect"); the deploy workflow declares one exactly when the stack
+    was deployed with github_environment (.github/workflows/deploy.yml).
+    """
+    return iam.WebIdentityPrincipal(
+        provider_arn,
+        conditions={
+            "StringEquals": {
+                f"{GITHUB_OIDC_HOST}:aud": GITHUB_OIDC_AUDIENCE,
+                f"{GITHUB_OIDC_HOST}:sub": github.subject,
+            }
+        },
+    )
+
+
 class CiDeployRole(Construct):
     def __init__(self, scope: Construct, id_: str, *, github: GitHubSetting, bootstrap_qualifier: str) -> None:
         super().__init__(scope, id_)
@@ -32,6 +51,7 @@ class CiDeployRole(Construct):
                 removal_policy=RemovalPolicy.RETAIN,
             )
             provider_arn = provider.oidc_provider_arn
+        self.provider_arn = provider_arn  # shared with the image-push role (infra/ci_image_role.py)
         stack = Stack.of(self)
         bootstrap_roles = [
             stack.format_arn(
@@ -47,15 +67,7 @@ class CiDeployRole(Construct):
             "Role",
             description=f"GitHub Actions deploys of this stack from {github.subject}",
             max_session_duration=Duration.hours(1),
-            assumed_by=iam.WebIdentityPrincipal(
-                provider_arn,
-                conditions={
-                    "StringEquals": {
-                        f"{GITHUB_OIDC_HOST}:aud": GITHUB_OIDC_AUDIENCE,
-                        f"{GITHUB_OIDC_HOST}:sub": github.subject,
-                    }
-                },
-            ),
+            assumed_by=github_principal(provider_arn, github),
             inline_policies={
                 "AssumeCdkBootstrapRoles": iam.PolicyDocument(
                     statements=[

@@ -8,7 +8,7 @@ put metrics in the SageMaker namespace.
 
 from __future__ import annotations
 
-from aws_cdk import Aws
+from aws_cdk import ArnFormat, Aws, Stack
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -29,6 +29,16 @@ JOB_OBJECT_ACTIONS = ("s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject")
 CHECKPOINT_OBJECT_ACTIONS = (*JOB_OBJECT_ACTIONS, "s3:DeleteObject")
 
 
+def training_job_arn(scope: Construct, job_name_prefix: str) -> str:
+    """`arn:…:sagemaker:<region>:<account>:training-job/<prefix>-*`: this project's jobs."""
+    return Stack.of(scope).format_arn(
+        service="sagemaker",
+        resource="training-job",
+        resource_name=f"{job_name_prefix}-*",
+        arn_format=ArnFormat.SLASH_RESOURCE_NAME,
+    )
+
+
 class ExecutionRole(Construct):
     def __init__(
         self,
@@ -41,14 +51,15 @@ class ExecutionRole(Construct):
         log_group: logs.ILogGroup,
         log_group_is_imported: bool,
         encryption_key: kms.IKey | None,
+        job_name_prefix: str,
     ) -> None:
         super().__init__(scope, id_)
         output_prefixes = (OUTPUT_KEY_PREFIX, CHECKPOINT_KEY_PREFIX)
         log_actions = [*LOG_WRITE_ACTIONS, *([LOG_CREATE_GROUP_ACTION] if log_group_is_imported else [])]
         policy_statements = [
-            statements.list_bucket("ListData", data_bucket, [DATA_KEY_PREFIX]),
+            statements.list_whole_bucket("ListData", data_bucket),
             statements.object_access("ReadData", data_bucket, [DATA_KEY_PREFIX], ["s3:GetObject"]),
-            statements.list_bucket("ListOutputs", output_bucket, output_prefixes),
+            statements.list_whole_bucket("ListOutputs", output_bucket),
             statements.object_access("ReadWriteJobs", output_bucket, [OUTPUT_KEY_PREFIX], JOB_OBJECT_ACTIONS),
             statements.object_access(
                 "ReadWriteCheckpoints", output_bucket, [CHECKPOINT_KEY_PREFIX], CHECKPOINT_OBJECT_ACTIONS
@@ -64,7 +75,9 @@ class ExecutionRole(Construct):
             ),
         ]
         if encryption_key is not None:
-            policy_statements.append(statements.kms_use("UseStackKey", encryption_key))
+            policy_statements.append(
+                statements.kms_use("UseStackKey", encryption_key, statements.EXECUTION_KMS_ACTIONS)
+            )
             # ResourceConfig.VolumeKmsKeyId: SageMaker creates the EBS volume's grant as this role.
             policy_statements.append(
                 iam.PolicyStatement(
@@ -81,8 +94,12 @@ class ExecutionRole(Construct):
             description="Assumed by SageMaker training jobs of this project",
             assumed_by=iam.ServicePrincipal(
                 "sagemaker.amazonaws.com",
-                # Confused-deputy guard: only SageMaker acting for this account may assume it.
-                conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID}},
+                # "Cross-service confused deputy prevention" (SageMaker AI developer guide): only
+                # SageMaker acting for this account's training jobs of this project may assume it.
+                conditions={
+                    "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+                    "ArnLike": {"aws:SourceArn": training_job_arn(self, job_name_prefix)},
+                },
             ),
         )
         # A separate AWS::IAM::Policy rather than the role's inline Policies property: same effect

@@ -7,7 +7,7 @@ read checkpoints and the training logs, and read this stack's outputs.
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, Aws, Stack
+from aws_cdk import Aws
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -16,6 +16,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from infra import statements
+from infra.execution_role import training_job_arn
 from infra.nag import acknowledge, acknowledge_wildcard_resources
 from infra.outputs import CHECKPOINT_KEY_PREFIX, DATA_KEY_PREFIX, OUTPUT_KEY_PREFIX
 
@@ -42,6 +43,11 @@ PUSH_IMAGE_ACTIONS = (
     "ecr:UploadLayerPart",
 )
 UPLOAD_ACTIONS = ("s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject")
+# The launcher writes only a job's config channel (jobs/<job>/input/...); SageMaker writes the
+# job's output (jobs/<job>/output/model.tar.gz) with the execution role. So a launcher can read
+# every job's output but overwrite none: IAM's `*` spans '/', and SageMaker's output keys hold
+# no '/input/' (jobs/<job>/output/..., S3OutputPath = s3://<out>/jobs/).
+JOB_INPUT_PREFIX = f"{OUTPUT_KEY_PREFIX}*/input/"
 
 
 class LauncherPolicy(Construct):
@@ -59,12 +65,7 @@ class LauncherPolicy(Construct):
         encryption_key: kms.IKey | None,
     ) -> None:
         super().__init__(scope, id_)
-        training_jobs = Stack.of(self).format_arn(
-            service="sagemaker",
-            resource="training-job",
-            resource_name=f"{job_name_prefix}-*",
-            arn_format=ArnFormat.SLASH_RESOURCE_NAME,
-        )
+        training_jobs = training_job_arn(self, job_name_prefix)
         policy_statements = [
             iam.PolicyStatement(sid="ManageJobs", actions=list(TRAINING_JOB_ACTIONS), resources=[training_jobs]),
             iam.PolicyStatement(sid="Unscopable", actions=list(UNSCOPABLE_LAUNCHER_ACTIONS), resources=["*"]),
@@ -77,7 +78,8 @@ class LauncherPolicy(Construct):
             statements.list_bucket("ListData", data_bucket, [DATA_KEY_PREFIX]),
             statements.object_access("UploadData", data_bucket, [DATA_KEY_PREFIX], UPLOAD_ACTIONS),
             statements.list_bucket("ListOutputs", output_bucket, [OUTPUT_KEY_PREFIX, CHECKPOINT_KEY_PREFIX]),
-            statements.object_access("ReadWriteJobs", output_bucket, [OUTPUT_KEY_PREFIX], UPLOAD_ACTIONS),
+            statements.object_access("ReadJobs", output_bucket, [OUTPUT_KEY_PREFIX], ["s3:GetObject"]),
+            statements.object_access("WriteJobInputs", output_bucket, [JOB_INPUT_PREFIX], UPLOAD_ACTIONS),
             statements.object_access("ReadCheckpoints", output_bucket, [CHECKPOINT_KEY_PREFIX], ["s3:GetObject"]),
             iam.PolicyStatement(sid="ReadStackOutputs", actions=["cloudformation:DescribeStacks"],
                                 resources=[Aws.STACK_ID]),
@@ -101,7 +103,7 @@ class LauncherPolicy(Construct):
             [
                 training_jobs,
                 *statements.object_arns(data_bucket, [DATA_KEY_PREFIX]),
-                *statements.object_arns(output_bucket, [OUTPUT_KEY_PREFIX, CHECKPOINT_KEY_PREFIX]),
+                *statements.object_arns(output_bucket, [OUTPUT_KEY_PREFIX, JOB_INPUT_PREFIX, CHECKPOINT_KEY_PREFIX]),
             ],
             reason="Job ARNs are limited to this project's job-name prefix and object ARNs to the fixed "
             "key prefixes of infra/outputs.py; names are only known at launch time.",

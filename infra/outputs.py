@@ -17,6 +17,9 @@ ECR_REPOSITORY_NAME = "EcrRepositoryName"
 TRAINING_LOG_GROUP = "TrainingLogGroupName"
 LAUNCHER_POLICY_ARN = "LauncherPolicyArn"
 DEPLOY_ROLE_ARN = "DeployRoleArn"  # only when a GitHub repository is configured
+IMAGE_PUSH_ROLE_ARN = "ImagePushRoleArn"  # only when a GitHub repository is configured
+# `cdk bootstrap --cloudformation-execution-policies <this>` (infra/cfn_execution_policy.py)
+CFN_EXECUTION_POLICY_ARN = "CfnExecutionPolicyArn"
 REGION = "Region"
 JOB_NAME_PREFIX = "JobNamePrefix"
 DATA_PREFIX = "DataPrefix"
@@ -34,7 +37,7 @@ REQUIRED = (
     JOB_NAME_PREFIX,
     DATA_PREFIX,
 )
-OPTIONAL = (LAUNCHER_POLICY_ARN, DEPLOY_ROLE_ARN, KMS_KEY_ARN)
+OPTIONAL = (LAUNCHER_POLICY_ARN, DEPLOY_ROLE_ARN, IMAGE_PUSH_ROLE_ARN, KMS_KEY_ARN, CFN_EXECUTION_POLICY_ARN)
 
 # Key prefixes inside the buckets. The execution role's policy is scoped to these,
 # and the launcher writes/reads exactly these.

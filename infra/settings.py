@@ -25,7 +25,8 @@ EXISTING_DATA_BUCKET = "existing_data_bucket"
 CHECKPOINT_EXPIRY_DAYS = "checkpoint_expiry_days"
 NONCURRENT_VERSION_EXPIRY_DAYS = "noncurrent_version_expiry_days"
 ECR_KEEP_IMAGES = "ecr_keep_images"
-CREATE_TRAINING_LOG_GROUP = "create_training_log_group"
+# Removed: the stack now sets the group's retention whether or not it exists (infra/logs.py).
+REMOVED_CREATE_TRAINING_LOG_GROUP = "create_training_log_group"
 GITHUB_REPOSITORY = "github_repository"
 GITHUB_REF = "github_ref"
 GITHUB_ENVIRONMENT = "github_environment"
@@ -43,7 +44,6 @@ CONTEXT_KEYS = (
     CHECKPOINT_EXPIRY_DAYS,
     NONCURRENT_VERSION_EXPIRY_DAYS,
     ECR_KEEP_IMAGES,
-    CREATE_TRAINING_LOG_GROUP,
     GITHUB_REPOSITORY,
     GITHUB_REF,
     GITHUB_ENVIRONMENT,
@@ -116,13 +116,12 @@ class StackSettings:
     project: str = "b2t"  # job-name prefix and resource-name prefix
     account: str | None = None
     region: str | None = None
-    log_retention_days: int = 90  # training log group (when created) and S3 access logs
+    log_retention_days: int = 90  # training log group and S3 access logs
     kms: KmsSetting = KmsSetting()
     existing_data_bucket: str | None = None
     checkpoint_expiry_days: int = 30  # 0 keeps checkpoints forever
     noncurrent_version_expiry_days: int = 30
     ecr_keep_images: int = 20
-    create_training_log_group: bool = False
     github: GitHubSetting | None = None
     bootstrap_qualifier: str = DEFAULT_BOOTSTRAP_QUALIFIER
 
@@ -157,6 +156,9 @@ class StackSettings:
                 environment=github_environment,
                 oidc_provider_arn=oidc_provider_arn,
             )
+        if get(REMOVED_CREATE_TRAINING_LOG_GROUP) not in (None, ""):
+            raise SettingsError(REMOVED_CREATE_TRAINING_LOG_GROUP, "no longer used: the stack sets the retention of "
+                                "/aws/sagemaker/TrainingJobs whether or not the group exists; drop this option")
         retention = _int(get, LOG_RETENTION_DAYS, cls.log_retention_days, minimum=1)
         if retention not in RETENTION_DAYS_ALLOWED:
             raise SettingsError(LOG_RETENTION_DAYS, f"{retention} is not a CloudWatch Logs retention period; "
@@ -176,7 +178,6 @@ class StackSettings:
                 get, NONCURRENT_VERSION_EXPIRY_DAYS, cls.noncurrent_version_expiry_days, minimum=1
             ),
             ecr_keep_images=_int(get, ECR_KEEP_IMAGES, cls.ecr_keep_images, minimum=1, maximum=10_000),
-            create_training_log_group=_bool(get, CREATE_TRAINING_LOG_GROUP, cls.create_training_log_group),
             github=github,
             bootstrap_qualifier=_optional_str(get, BOOTSTRAP_QUALIFIER, _QUALIFIER_RE, "the bootstrap qualifier")
             or cls.bootstrap_qualifier,

@@ -6,7 +6,9 @@ from aws_cdk import Aws, CfnOutput, Environment, Stack
 from constructs import Construct
 
 from infra import outputs
+from infra.cfn_execution_policy import CfnExecutionPolicy
 from infra.ci_deploy_role import CiDeployRole
+from infra.ci_image_role import CiImageRole
 from infra.encryption import stack_key
 from infra.execution_role import ExecutionRole
 from infra.launcher_policy import LauncherPolicy
@@ -24,7 +26,8 @@ class TrainingStack(Stack):
             env=Environment(account=settings.account, region=settings.region),
             description=f"SageMaker training environment for {settings.project} (brain-to-text)",
         )
-        key = stack_key(self, "Key", setting=settings.kms, alias=f"alias/{settings.project}-training")
+        kms_alias = f"alias/{settings.project}-training"
+        key = stack_key(self, "Key", setting=settings.kms, alias=kms_alias)
         storage = Storage(
             self,
             "Storage",
@@ -41,9 +44,7 @@ class TrainingStack(Stack):
             keep_images=settings.ecr_keep_images,
             encryption_key=key,
         )
-        logs = TrainingLogs(
-            self, "TrainingLogs", create=settings.create_training_log_group, retention_in_days=settings.log_retention_days
-        )
+        logs = TrainingLogs(self, "TrainingLogs", retention_in_days=settings.log_retention_days)
         execution = ExecutionRole(
             self,
             "Execution",
@@ -51,8 +52,9 @@ class TrainingStack(Stack):
             output_bucket=storage.output_bucket,
             repository=registry.repository,
             log_group=logs.log_group,
-            log_group_is_imported=not settings.create_training_log_group,
+            log_group_is_imported=True,  # SageMaker creates it if it is ever deleted
             encryption_key=key,
+            job_name_prefix=settings.project,
         )
         launcher = LauncherPolicy(
             self,
@@ -83,7 +85,21 @@ class TrainingStack(Stack):
                 self, "CiDeploy", github=settings.github, bootstrap_qualifier=settings.bootstrap_qualifier
             )
             declared[outputs.DEPLOY_ROLE_ARN] = ci.role.role_arn
+            image_ci = CiImageRole(
+                self, "CiImage", github=settings.github, provider_arn=ci.provider_arn, repository=registry.repository
+            )
+            declared[outputs.IMAGE_PUSH_ROLE_ARN] = image_ci.role.role_arn
         if key is not None:
             declared[outputs.KMS_KEY_ARN] = key.key_arn
+        # Last: it covers the services of every resource above.
+        cfn_execution = CfnExecutionPolicy(
+            self,
+            "CfnExecution",
+            ecr_repository_name=settings.ecr_repository_name,
+            bootstrap_qualifier=settings.bootstrap_qualifier,
+            kms_alias=kms_alias,
+            kms_key_arn=settings.kms.existing_key_arn if settings.kms.existing_key_arn else None,
+        )
+        declared[outputs.CFN_EXECUTION_POLICY_ARN] = cfn_execution.policy.managed_policy_arn
         for key_name, value in declared.items():
             CfnOutput(self, key_name, value=value).override_logical_id(key_name)

@@ -19,6 +19,7 @@ from .request import (
     DEFAULT_VOLUME_GB,
     JobSpec,
     build_training_job_request,
+    channel_files,
     check_spec,
     make_job_name,
     qualify_job_name,
@@ -58,7 +59,7 @@ class StartOptions:
 class LoadedConfig:
     file_name: str  # its name in the config channel
     source: str  # where it was read from, for the summary
-    text: str  # uploaded verbatim; the overrides travel as a hyperparameter
+    text: str  # uploaded verbatim; the overrides travel next to it (request.OVERRIDES_FILE)
     config: Any  # trainer.config.TrainConfig, validated with the overrides applied
 
 
@@ -223,6 +224,18 @@ def summary_lines(
     ]
     lines.extend(f"note:        {n}" for n in p.notes)
     return lines
+
+
+def upload_channel(aws: Any, p: Plan) -> None:
+    """Upload the job's config channel: the config verbatim and its overrides beside it.
+
+    Only after :func:`plan` has checked every request limit, so a rejected request uploads nothing.
+    """
+    from .jobs import upload_config
+
+    uri = p.request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
+    for name, text in channel_files(p.spec, p.loaded.text).items():
+        upload_config(aws, uri, name, text)
 
 
 def next_commands(prog: str, job: str) -> list[str]:

@@ -268,8 +268,7 @@ def run_local(
         print(f"serving {source} as {data_url} on {s3server.url}", file=out, flush=True)
         s3sync.upload_dir(aws.s3, source, bucket, prefix)
         jobs.check_sessions(aws, data_url, list(loaded.config.dataset.sessions))
-        config_uri = request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
-        jobs.upload_config(aws, config_uri, plan.spec.config_file, loaded.text)
+        launch.upload_channel(aws, plan)
 
         paths = layout(job_dir, request)
         fetch_channels(aws.s3, job_dir, request)

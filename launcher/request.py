@@ -16,10 +16,21 @@ from typing import Any, Optional
 
 from infra import outputs as keys
 
+from . import instances
 from .errors import InvalidRequest, UsageError
+from .limits import check_limits
 from .stack import StackOutputs
 
 CONFIG_CHANNEL = "config"
+# The overrides travel as this file next to the config in the config channel, not as a
+# hyperparameter: a hyperparameter value is at most 2,500 characters ("CreateTrainingJob").
+OVERRIDES_FILE = "overrides.json"
+# The trainer's data cache on the job's training volume (launcher/instances.py), read by
+# trainer/environment.py.
+DATA_CACHE_ENV = "B2T_DATA_CACHE_DIR"
+# "RetryStrategy" (API reference): SageMaker retries a job that failed with an
+# InternalServerError, up to this many times; user errors are never retried.
+MAX_RETRY_ATTEMPTS = 2
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 DEFAULT_INSTANCE_TYPE = "ml.g5.2xlarge"
 # ECR tags are immutable in the stack (infra/registry.py): every push has its own tag (see
@@ -87,7 +98,7 @@ def qualify_job_name(name: str, prefix: Optional[str]) -> str:
     """Names of this project's jobs start with ``<prefix>-`` (the IAM policies rely on it);
     ``prefix=None`` checks ``name`` as given (before the stack, hence the prefix, is known)."""
     full = name if prefix is None or name.startswith(prefix + "-") else f"{prefix}-{name}"
-    if not _JOB_NAME_RE.match(full):
+    if len(full) > MAX_JOB_NAME or not _JOB_NAME_RE.match(full):  # hyphens escape the regex's count
         raise UsageError(
             f"job name {full!r} is not valid: letters, digits and hyphens, at most {MAX_JOB_NAME} characters"
         )
@@ -136,8 +147,15 @@ def check_spec(spec: JobSpec) -> None:
         raise UsageError("managed spot needs checkpoints to survive interruptions: drop --no-checkpoints or add --on-demand")
     if not 0 < spec.max_run_s <= MAX_RUNTIME_S:
         raise UsageError(f"--max-run must be between 1 second and {MAX_RUNTIME_S // 3600} hours")
-    if spec.spot and spec.max_wait_s < spec.max_run_s:
-        raise UsageError("--max-wait must be at least --max-run (SageMaker requires MaxWaitTime ≥ MaxRuntime)")
+    if spec.spot and spec.max_wait_s <= spec.max_run_s:
+        # "Managed Spot Training in Amazon SageMaker AI": MaxWaitTimeInSeconds must be larger
+        # than MaxRuntimeInSeconds (strictly: equal is rejected).
+        raise UsageError("--max-wait must be longer than --max-run (SageMaker requires MaxWaitTime > MaxRuntime)")
+    local_gb = instances.load().local_gb(spec.instance_type)
+    if local_gb is not None and spec.volume_gb > local_gb:
+        # "ResourceConfig": VolumeSizeInGB can't exceed the local instance storage.
+        raise UsageError(f"--volume-gb {spec.volume_gb}: {spec.instance_type} has {local_gb} GB of local "
+                         "storage, the most a job on it can ask for")
 
 
 def build_training_job_request(spec: JobSpec, outputs: StackOutputs) -> dict[str, Any]:
@@ -155,8 +173,11 @@ def build_training_job_request(spec: JobSpec, outputs: StackOutputs) -> dict[str
     }
     output_config: dict[str, Any] = {"S3OutputPath": output_path(outputs)}
     if outputs.kms_key_arn:
-        resources["VolumeKmsKeyId"] = outputs.kms_key_arn
         output_config["KmsKeyId"] = outputs.kms_key_arn
+        # "ResourceConfig": no VolumeKmsKeyId for instance types with local storage (rejected;
+        # their NVMe storage is encrypted by the instance's hardware module).
+        if not instances.load().has_local_storage(spec.instance_type):
+            resources["VolumeKmsKeyId"] = outputs.kms_key_arn
 
     tags = [
         {"Key": TAG_PROJECT, "Value": outputs.job_name_prefix},
@@ -189,16 +210,17 @@ def build_training_job_request(spec: JobSpec, outputs: StackOutputs) -> dict[str
                 "InputMode": "File",
             }
         ],
+        # The overrides are in the config channel (OVERRIDES_FILE), see channel_files().
         "HyperParameters": {
             "config_file": spec.config_file,
             "data_url": spec.data_url or outputs.data_url(spec.data_sub_prefix),
-            "overrides": json.dumps(list(spec.overrides)),
         },
         "OutputDataConfig": output_config,
         "ResourceConfig": resources,
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": spec.spot,
-        "Environment": {"PYTHONUNBUFFERED": "1"},
+        "Environment": {"PYTHONUNBUFFERED": "1", DATA_CACHE_ENV: instances.DATA_CACHE_DIR},
+        "RetryStrategy": {"MaximumRetryAttempts": MAX_RETRY_ATTEMPTS},
         "Tags": tags,
     }
     if spec.checkpoints:
@@ -207,6 +229,11 @@ def build_training_job_request(spec: JobSpec, outputs: StackOutputs) -> dict[str
             "LocalPath": CHECKPOINT_LOCAL_PATH,
         }
     return request
+
+
+def channel_files(spec: JobSpec, config_text: str) -> dict[str, str]:
+    """The files of the job's config channel: the config verbatim and the overrides (a JSON list)."""
+    return {spec.config_file: config_text, OVERRIDES_FILE: json.dumps(list(spec.overrides)) + "\n"}
 
 
 @lru_cache(maxsize=1)
@@ -218,7 +245,8 @@ def _create_training_job_shape():
 
 
 def validate_request(request: dict[str, Any]) -> None:
-    """Check ``request`` against botocore's CreateTrainingJob input shape, offline."""
+    """Check ``request`` against botocore's CreateTrainingJob input shape, offline: types and
+    required keys (botocore), then lengths, ranges and patterns (:mod:`launcher.limits`)."""
     from botocore.validate import ParamValidator
 
     name = request.get("TrainingJobName", "")
@@ -229,3 +257,4 @@ def validate_request(request: dict[str, Any]) -> None:
         problems = [line.strip() for line in report.generate_report().splitlines() if line.strip()]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InvalidRequest(f"CreateTrainingJob request rejected offline: {problems[0]}{more}")
+    check_limits(request, _create_training_job_shape())

@@ -9,7 +9,7 @@ from typing import Optional
 from . import jobs, launch, s3sync
 from .aws import Aws, aws_errors
 from .errors import LauncherError
-from .request import CONFIG_CHANNEL, TAG_RESUMED_FROM
+from .request import CONFIG_CHANNEL, OVERRIDES_FILE, TAG_RESUMED_FROM
 from .stack import StackOutputs
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ def plan_resume(
     config_file = hp.get("config_file")
     if not config_file or "data_url" not in hp:
         raise LauncherError(f"job {job} was not started by this launcher (no config_file/data_url hyperparameters)")
-    overrides = tuple(json.loads(hp.get("overrides") or "[]"))
     channel = next((c for c in desc.get("InputDataConfig", []) if c["ChannelName"] == CONFIG_CHANNEL), None)
     if channel is None:
         raise LauncherError(f"job {job} has no {CONFIG_CHANNEL!r} input channel")
@@ -45,6 +44,13 @@ def plan_resume(
     bucket, key = s3sync.split_s3_url(config_uri)
     with aws_errors(f"reading {config_uri}"):
         text = aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    # Overrides: next to the config in the channel; jobs started before that carried them as a hyperparameter.
+    if "overrides" in hp:
+        overrides = tuple(json.loads(hp["overrides"] or "[]"))
+    else:
+        overrides_key = key.rsplit("/", 1)[0] + "/" + OVERRIDES_FILE
+        with aws_errors(f"reading s3://{bucket}/{overrides_key}"):
+            overrides = tuple(json.loads(aws.s3.get_object(Bucket=bucket, Key=overrides_key)["Body"].read()))
     loaded = launch.load_text(text, config_file, config_uri, overrides)
 
     image = desc["AlgorithmSpecification"]["TrainingImage"]

@@ -110,7 +110,6 @@ def model_trainer_for(
     outputs = read_stack_outputs(aws, stack or DEFAULT_STACK_NAME)
     plan = launch.plan_with_image(aws, opts, loaded, outputs)
     jobs.check_sessions(aws, plan.request["HyperParameters"]["data_url"], list(loaded.config.dataset.sessions))
-    channel = plan.request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
-    jobs.upload_config(aws, channel, plan.spec.config_file, loaded.text)
+    launch.upload_channel(aws, plan)
     session = Session(boto_session=aws.boto3_session(), default_bucket=outputs.output_bucket)
     return model_trainer(plan.request, sagemaker_session=session)

@@ -19,6 +19,11 @@ an /opt/ml-like tree and point it there). From the container contract:
   ``config_file``, ``data_url`` (``s3://bucket/prefix``), ``overrides`` (a JSON list of
   ``dotted.key=value`` strings), ``dry_run`` (``true``/``false``); any other key is taken
   as one more override ``key=value`` (keys starting ``sagemaker_`` are ignored);
+- overrides: ``overrides.json`` in channel ``config`` (a JSON list of ``dotted.key=value``
+  strings; the launcher puts them there because a hyperparameter value is limited to 2,500
+  characters), applied before those of the hyperparameters;
+- data cache: ``B2T_DATA_CACHE_DIR`` (set by the launcher to a folder on the job's training
+  volume, not ``/tmp``) becomes ``dataset.storage.disk_cache_dir`` unless an override sets it;
 - data: ``data_url``, else an input channel ``data`` or ``train`` (File mode), else the
   config's ``dataset.dataset_dir``;
 - checkpoints: ``LocalPath`` of ``<root>/input/config/checkpointconfig.json``, default
@@ -53,6 +58,8 @@ HP_CONFIG_FILE = "config_file"
 HP_DATA_URL = "data_url"
 HP_OVERRIDES = "overrides"
 HP_DRY_RUN = "dry_run"
+OVERRIDES_FILE = "overrides.json"  # in channel `config`; launcher/request.py writes it
+DATA_CACHE_ENV = "B2T_DATA_CACHE_DIR"  # launcher/request.py sets it
 
 
 @dataclass(frozen=True)
@@ -166,17 +173,39 @@ def _container_config(root: Path, hp: dict, env: Mapping[str, str]) -> Path:
                       "or set hyperparameter config_file")
 
 
+def _override_list(raw, where: str) -> list[str]:
+    try:
+        items = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError as e:
+        raise ConfigError(where, f"must be a JSON list of 'key=value' strings: {e}") from None
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(where, "must be a JSON list of 'key=value' strings")
+    return items
+
+
+def _cache_overrides(root: Path, env: Mapping[str, str]) -> list[str]:
+    """``dataset.storage.disk_cache_dir`` from the launcher's setting, under this run's root."""
+    value = env.get(DATA_CACHE_ENV)
+    if not value:
+        return []
+    path = Path(value)
+    if path.is_relative_to(DEFAULT_ROOT):  # local mode lays /opt/ml out elsewhere
+        path = root / path.relative_to(DEFAULT_ROOT)
+    return [f"dataset.storage.disk_cache_dir={path}"]
+
+
+def _channel_overrides(root: Path, env: Mapping[str, str]) -> list[str]:
+    channel = _channel(root, CONFIG_CHANNEL, env)
+    if channel is None or not (channel / OVERRIDES_FILE).is_file():
+        return []
+    return _override_list((channel / OVERRIDES_FILE).read_text(), f"{CONFIG_CHANNEL}/{OVERRIDES_FILE}")
+
+
 def _overrides(hp: dict) -> list[str]:
     out: list[str] = []
     raw = hp.get(HP_OVERRIDES)
     if raw not in (None, ""):
-        try:
-            items = json.loads(raw) if isinstance(raw, str) else raw
-        except json.JSONDecodeError as e:
-            raise ConfigError("hyperparameters.overrides", f"must be a JSON list of 'key=value' strings: {e}") from None
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise ConfigError("hyperparameters.overrides", "must be a JSON list of 'key=value' strings")
-        out.extend(items)
+        out.extend(_override_list(raw, "hyperparameters.overrides"))
     known = {HP_CONFIG_FILE, HP_DATA_URL, HP_OVERRIDES, HP_DRY_RUN}
     for key, value in hp.items():
         if key in known or key.startswith("sagemaker_"):
@@ -212,7 +241,7 @@ def spec_from_container(env: Mapping[str, str] = os.environ) -> RunSpec:
         config_path=_container_config(root, hp, env),
         paths=paths,
         data_url=data_url,
-        overrides=tuple(_overrides(hp)),
+        overrides=(*_cache_overrides(root, env), *_channel_overrides(root, env), *_overrides(hp)),
         dry_run=str(hp.get(HP_DRY_RUN, "false")).lower() in ("1", "true", "yes"),
         failure_file=root / "output" / "failure",
         container=True,

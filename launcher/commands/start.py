@@ -115,8 +115,7 @@ def submit_plan(aws, plan, *, dry_run: bool, yes: bool, wait: bool) -> int:
     if not yes and not ui.confirm("\nSubmit this job?"):
         print("not submitted")
         return 1
-    jobs.upload_config(aws, plan.request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"],
-                       plan.spec.config_file, plan.loaded.text)
+    launch.upload_channel(aws, plan)
     arn = jobs.submit(aws, plan.request)
     print(f"\nsubmitted {plan.job_name}\n  {arn}")
     print("next:\n" + "\n".join(launch.next_commands(ui.prog(), plan.job_name)))

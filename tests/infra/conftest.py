@@ -20,6 +20,8 @@ from aws_cdk.assertions import Template
 
 from infra.app import build_app
 
+from tests.infra.moto_template import for_moto
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACK_NAME = "B2tTest"
 # Every optional feature switched on, so the linters and checks see every resource kind.
@@ -27,7 +29,6 @@ FULL_CONTEXT = {
     "stack_name": "B2tFullTest",
     "project": "lab",  # its own repository and job names, so both stacks fit in one moto server
     "kms_key": True,
-    "create_training_log_group": True,
     "github_repository": "example-lab/b2t-sagemaker",
 }
 # Everything imported instead of created: the lab's bucket, KMS key and OIDC provider.
@@ -99,7 +100,7 @@ def deploy(moto_server, synth: Synth, *, timeout_s: float = 60) -> dict[str, str
     cloudformation = moto_server.client("cloudformation")
     cloudformation.create_stack(
         StackName=synth.stack_name,
-        TemplateBody=json.dumps(synth.body),
+        TemplateBody=json.dumps(for_moto(synth.body)),
         Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"],
     )
     deadline = time.monotonic() + timeout_s

@@ -21,6 +21,8 @@ import pytest
 
 from infra import outputs as keys
 
+from tests.infra.moto_template import for_moto
+
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"  # moto's default account
 REGION = "us-east-1"
@@ -56,7 +58,7 @@ def deploy(server, template: dict, name: str = keys.DEFAULT_STACK_NAME) -> dict[
     server.client("ssm").put_parameter(Name="/cdk-bootstrap/hnb659fds/version", Value="30", Type="String",
                                        Overwrite=True)
     cfn = server.client("cloudformation")
-    cfn.create_stack(StackName=name, TemplateBody=json.dumps(template), Capabilities=["CAPABILITY_NAMED_IAM"])
+    cfn.create_stack(StackName=name, TemplateBody=json.dumps(for_moto(template)), Capabilities=["CAPABILITY_NAMED_IAM"])
     stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
     assert stack["StackStatus"] == "CREATE_COMPLETE"
     return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}

@@ -143,7 +143,7 @@ def test_spot_without_checkpoints_is_refused(deployed, cli):
 
 def test_max_wait_below_max_run_is_refused(deployed, cli):
     code, _, err = start(cli, "--max-run", "10", "--max-wait", "5")
-    assert_one_line_error(code, err, "MaxWaitTime ≥ MaxRuntime")
+    assert_one_line_error(code, err, "MaxWaitTime > MaxRuntime")
 
 
 def test_upload_of_a_folder_without_sessions(deployed, cli, tmp_path):
