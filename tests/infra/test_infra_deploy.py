@@ -52,7 +52,7 @@ def test_every_option_stack_is_created(deployed_full, moto_server):
     # describe_key then fails parsing it.
     keys = moto_server.client("kms").list_keys()["Keys"]
     assert deployed_full[outputs.KMS_KEY_ARN] in [k["KeyArn"] for k in keys]
-    role_name = deployed_full[outputs.DEPLOY_ROLE_ARN].rsplit("/", 1)[1]
-    moto_server.client("iam").get_role(RoleName=role_name)
-    groups = moto_server.client("logs").describe_log_groups(logGroupNamePrefix=outputs.TRAINING_LOG_GROUP_NAME)
-    assert [g["logGroupName"] for g in groups["logGroups"]] == [outputs.TRAINING_LOG_GROUP_NAME]
+    for key in (outputs.DEPLOY_ROLE_ARN, outputs.IMAGE_PUSH_ROLE_ARN):
+        moto_server.client("iam").get_role(RoleName=deployed_full[key].rsplit("/", 1)[1])
+    policy = moto_server.client("iam").get_policy(PolicyArn=deployed_full[outputs.CFN_EXECUTION_POLICY_ARN])["Policy"]
+    assert policy["PolicyName"] == "B2tFullTest-CfnExecution"

@@ -6,7 +6,8 @@ is off; then each check runs with the principal's own credentials:
 - a user holding only the launcher managed policy.
 
 moto evaluates S3 actions and resources but not condition keys such as `s3:prefix`, so the
-listing scope is asserted on the template instead (test_infra_template.py).
+launcher's listing scope is asserted on the template instead (test_infra_template.py); the
+execution role lists its two buckets without a prefix condition (infra/statements.py).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ ALLOW, DENY = True, False
 
 EXECUTION_ROLE_MATRIX: list[tuple[str, Check, bool]] = [
     ("list data/", lambda s3, b: s3.list_objects_v2(Bucket=b.data, Prefix="data/"), ALLOW),
+    ("list the data bucket without a prefix", lambda s3, b: s3.list_objects_v2(Bucket=b.data), ALLOW),
     ("read training data", lambda s3, b: s3.get_object(Bucket=b.data, Key=DATA_OBJECT), ALLOW),
     ("read config channel", lambda s3, b: s3.get_object(Bucket=b.output, Key=CONFIG_OBJECT), ALLOW),
     ("write model output", lambda s3, b: s3.put_object(Bucket=b.output, Key=MODEL_OBJECT, Body=b"m"), ALLOW),
@@ -123,6 +125,12 @@ LAUNCHER_MATRIX: list[tuple[str, Check, bool]] = [
     ("upload training data", lambda s3, b: s3.put_object(Bucket=b.data, Key=DATA_OBJECT, Body=b"d"), ALLOW),
     ("upload config channel", lambda s3, b: s3.put_object(Bucket=b.output, Key=CONFIG_OBJECT, Body=b"c"), ALLOW),
     ("download model", lambda s3, b: s3.get_object(Bucket=b.output, Key=MODEL_OBJECT), ALLOW),
+    # Only SageMaker (the execution role) writes a job's output: no launcher can replace another's model.
+    ("overwrite a job's model output",
+     lambda s3, b: s3.put_object(Bucket=b.output, Key=MODEL_OBJECT, Body=b"evil"), DENY),
+    ("write a job's output data",
+     lambda s3, b: s3.put_object(Bucket=b.output, Key="jobs/b2t-demo/output/output.tar.gz", Body=b"x"), DENY),
+    ("write directly under jobs/", lambda s3, b: s3.put_object(Bucket=b.output, Key="jobs/x", Body=b"x"), DENY),
     ("read checkpoint", lambda s3, b: s3.get_object(Bucket=b.output, Key=KEPT_CHECKPOINT_OBJECT), ALLOW),
     ("write checkpoint", lambda s3, b: s3.put_object(Bucket=b.output, Key=CHECKPOINT_OBJECT, Body=b"c"), DENY),
     ("delete training data", lambda s3, b: s3.delete_object(Bucket=b.data, Key=DATA_OBJECT), DENY),

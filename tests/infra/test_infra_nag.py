@@ -38,7 +38,10 @@ def test_every_acknowledgement_has_a_reason(synth_name, request):
             if entry.type == Validations.ACKNOWLEDGED_RULES_METADATA_KEY:
                 acknowledged.update({k.split("::", 1)[1]: v for k, v in entry.data.items()})
     assert acknowledged, "the stack acknowledges its IAM5 findings"
-    assert all(rule.startswith("AwsSolutions-IAM5[") for rule in acknowledged), list(acknowledged)
+    # Besides IAM5: the AWS managed basic execution policy of CDK's custom-resource provider (infra/logs.py).
+    others = {rule for rule in acknowledged if not rule.startswith("AwsSolutions-IAM5[")}
+    assert others == {"AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                      "AWSLambdaBasicExecutionRole]"}, others
     assert all(len(reason.strip()) > 20 for reason in acknowledged.values()), acknowledged
 
 

@@ -55,6 +55,8 @@ def test_checkov_no_failed_checks(checkov_report):
 
 def test_checkov_skips_carry_a_reason(checkov_report):
     skipped = checkov_report["results"]["skipped_checks"]
-    assert {c["check_id"] for c in skipped} <= {"CKV_AWS_18", "CKV_AWS_136", "CKV_AWS_158"}
+    # 115-117, 173: CDK's Lambda provider of the log-retention custom resources (infra/logs.py).
+    lambda_checks = {"CKV_AWS_115", "CKV_AWS_116", "CKV_AWS_117", "CKV_AWS_173"}
+    assert {c["check_id"] for c in skipped} <= {"CKV_AWS_18", "CKV_AWS_136", "CKV_AWS_158"} | lambda_checks
     for check in skipped:
         assert len(check["check_result"].get("suppress_comment", "").strip()) > 20, check["check_id"]

@@ -27,7 +27,6 @@ def test_defaults():
     assert settings.project == "b2t"
     assert settings.ecr_repository_name == "b2t-training"
     assert settings.kms == KmsSetting()
-    assert settings.create_training_log_group is False
     assert settings.github is None
     assert settings.existing_data_bucket is None
 
@@ -35,10 +34,9 @@ def test_defaults():
 def test_command_line_strings_are_parsed():
     settings = parse(
         log_retention_days="365", checkpoint_expiry_days="0", ecr_keep_images="5",
-        create_training_log_group="true", kms_key="true",
+        kms_key="true",
     )
     assert (settings.log_retention_days, settings.checkpoint_expiry_days, settings.ecr_keep_images) == (365, 0, 5)
-    assert settings.create_training_log_group is True
     assert settings.kms == KmsSetting(create=True)
 
 
@@ -72,7 +70,7 @@ def test_github_subject(context, subject):
         ("checkpoint_expiry_days", "-1"),
         ("ecr_keep_images", "0"),
         ("ecr_keep_images", True),
-        ("create_training_log_group", "maybe"),
+        ("create_training_log_group", "true"),  # removed: the retention is set whether or not the group exists
         ("kms_key", "alias/mine"),
         ("project", "B2T"),
         ("project", "b2t_lab"),

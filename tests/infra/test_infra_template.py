@@ -13,6 +13,9 @@ from infra import outputs
 EXECUTION_ROLE_STAR_ACTIONS = {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}
 # Written out, not imported from infra/: a new action on "*" must fail here until reviewed.
 ALLOWED_STAR_ACTIONS = EXECUTION_ROLE_STAR_ACTIONS | {"sagemaker:ListTrainingJobs"}
+# CloudFormation's execution policy (tests/infra/test_infra_bootstrap_policy.py) grants
+# `<service>:*` on the stack's own resources by design; every other policy lists its actions.
+CFN_EXECUTION_PATH = "/CfnExecution/"
 
 EXECUTION_ROLE_ACTIONS = {
     "ListData": {"s3:ListBucket"},
@@ -34,7 +37,8 @@ LAUNCHER_ACTIONS = {
     "ListData": {"s3:ListBucket"},
     "UploadData": {"s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"},
     "ListOutputs": {"s3:ListBucket"},
-    "ReadWriteJobs": {"s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"},
+    "ReadJobs": {"s3:GetObject"},
+    "WriteJobInputs": {"s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"},
     "ReadCheckpoints": {"s3:GetObject"},
     "ReadStackOutputs": {"cloudformation:DescribeStacks"},
     "DescribeImages": {"ecr:DescribeImages"},
@@ -45,6 +49,8 @@ LAUNCHER_ACTIONS = {
     "ReadLogs": {"logs:DescribeLogStreams", "logs:FilterLogEvents", "logs:GetLogEvents"},
 }
 KMS_ACTIONS = {"kms:Decrypt", "kms:GenerateDataKey"}
+# "CreateTrainingJob API: Execution Role Permissions": with an output key, also Encrypt and DescribeKey.
+EXECUTION_KMS_ACTIONS = KMS_ACTIONS | {"kms:Encrypt", "kms:DescribeKey"}
 
 
 def as_list(value: Any) -> list[Any]:
@@ -81,8 +87,11 @@ def launcher_policy(body: dict) -> dict:
 
 
 def all_statements(body: dict) -> list[dict]:
+    """Every statement of every policy, except CloudFormation's execution policy."""
     found = []
     for resource in body["Resources"].values():
+        if CFN_EXECUTION_PATH in resource.get("Metadata", {}).get("aws:cdk:path", ""):
+            continue
         props = resource.get("Properties", {})
         found += [s for p in props.get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
         if resource["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
@@ -104,7 +113,9 @@ def test_every_required_output_is_declared(default_synth):
 
 def test_optional_outputs_only_when_configured(default_synth, full_synth):
     assert outputs.LAUNCHER_POLICY_ARN in default_synth.body["Outputs"]
-    assert {outputs.DEPLOY_ROLE_ARN, outputs.KMS_KEY_ARN}.isdisjoint(default_synth.body["Outputs"])
+    assert {outputs.DEPLOY_ROLE_ARN, outputs.IMAGE_PUSH_ROLE_ARN, outputs.KMS_KEY_ARN}.isdisjoint(
+        default_synth.body["Outputs"]
+    )
     assert set(outputs.REQUIRED + outputs.OPTIONAL) == set(full_synth.body["Outputs"])
 
 
@@ -128,21 +139,24 @@ def test_execution_role_has_no_managed_policies(default_synth):
     assert len(attached) == 1
 
 
-def test_execution_role_is_trusted_by_sagemaker_of_this_account_only(default_synth):
+def test_execution_role_is_trusted_by_sagemaker_for_this_projects_jobs_only(default_synth):
     _, role = one(default_synth.body, "AWS::IAM::Role", "/Execution/")
     (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
     assert trust["Principal"] == {"Service": "sagemaker.amazonaws.com"}
     assert trust["Action"] == "sts:AssumeRole"
-    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    assert set(trust["Condition"]) == {"StringEquals", "ArnLike"}
+    source_arn = json.dumps(trust["Condition"]["ArnLike"]["aws:SourceArn"])
+    assert ":sagemaker:" in source_arn and source_arn.endswith(':training-job/b2t-*"]]}')
 
 
 def test_execution_role_exact_actions(default_synth):
     assert actions(execution_policy(default_synth.body)) == EXECUTION_ROLE_ACTIONS
 
 
-def test_execution_role_with_key_and_created_log_group(full_synth):
-    expected = {**EXECUTION_ROLE_ACTIONS, "UseStackKey": KMS_ACTIONS, "GrantVolumeKey": {"kms:CreateGrant"}}
-    expected["WriteLogs"] = EXECUTION_ROLE_ACTIONS["WriteLogs"] - {"logs:CreateLogGroup"}
+def test_execution_role_kms_only_with_a_key(default_synth, full_synth):
+    assert not any(a.startswith("kms:") for acts in actions(execution_policy(default_synth.body)).values() for a in acts)
+    expected = {**EXECUTION_ROLE_ACTIONS, "UseStackKey": EXECUTION_KMS_ACTIONS, "GrantVolumeKey": {"kms:CreateGrant"}}
     by_sid = statements(execution_policy(full_synth.body))
     assert actions(execution_policy(full_synth.body)) == expected
     key_id, _ = one(full_synth.body, "AWS::KMS::Key", "/Key/")
@@ -156,8 +170,12 @@ def test_execution_role_s3_scopes(default_synth):
     assert object_suffixes(by_sid["ReadData"]) == {"/data/*"}
     assert object_suffixes(by_sid["ReadWriteJobs"]) == {"/jobs/*"}
     assert object_suffixes(by_sid["ReadWriteCheckpoints"]) == {"/checkpoints/*"}
-    assert by_sid["ListData"]["Condition"] == {"StringLike": {"s3:prefix": ["data/*"]}}
-    assert by_sid["ListOutputs"]["Condition"] == {"StringLike": {"s3:prefix": ["jobs/*", "checkpoints/*"]}}
+    # The documented minimum: ListBucket on the two buckets, no prefix condition (infra/statements.py).
+    data_id, _ = one(default_synth.body, "AWS::S3::Bucket", "/DataBucket/")
+    output_id, _ = one(default_synth.body, "AWS::S3::Bucket", "/OutputBucket/")
+    assert by_sid["ListData"]["Resource"] == {"Fn::GetAtt": [data_id, "Arn"]} and "Condition" not in by_sid["ListData"]
+    assert by_sid["ListOutputs"]["Resource"] == {"Fn::GetAtt": [output_id, "Arn"]}
+    assert "Condition" not in by_sid["ListOutputs"]
 
 
 def test_metrics_limited_to_sagemaker_namespace(default_synth):
@@ -193,8 +211,11 @@ def test_launcher_passes_only_the_execution_role_only_to_sagemaker(default_synth
 def test_launcher_s3_scopes(default_synth):
     by_sid = statements(launcher_policy(default_synth.body))
     assert object_suffixes(by_sid["UploadData"]) == {"/data/*"}
-    assert object_suffixes(by_sid["ReadWriteJobs"]) == {"/jobs/*"}
+    assert object_suffixes(by_sid["ReadJobs"]) == {"/jobs/*"}
+    assert object_suffixes(by_sid["WriteJobInputs"]) == {"/jobs/*/input/*"}  # never jobs/<job>/output/
     assert object_suffixes(by_sid["ReadCheckpoints"]) == {"/checkpoints/*"}
+    writers = [sid for sid, acts in actions(launcher_policy(default_synth.body)).items() if "s3:PutObject" in acts]
+    assert sorted(writers) == ["UploadData", "WriteJobInputs"]
     assert by_sid["ReadStackOutputs"]["Resource"] == {"Ref": "AWS::StackId"}
 
 
@@ -252,6 +273,25 @@ def test_deploy_role_with_environment_and_imported_provider(imported_synth):
     sub = trust["Condition"]["StringEquals"]["token.actions.githubusercontent.com:sub"]
     assert sub == "repo:example-lab/b2t-sagemaker:environment:production"
     assert not resources(imported_synth.body, "AWS::IAM::OIDCProvider")
+
+
+def test_image_role_pushes_only_to_the_stacks_repository(full_synth):
+    _, role = one(full_synth.body, "AWS::IAM::Role", "/CiImage/")
+    (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert trust["Condition"]["StringEquals"]["token.actions.githubusercontent.com:sub"] == (
+        "repo:example-lab/b2t-sagemaker:ref:refs/heads/main"
+    )
+    (policy,) = role["Properties"]["Policies"]
+    by_sid = statements(policy["PolicyDocument"])
+    repo_id, _ = one(full_synth.body, "AWS::ECR::Repository", "/Registry/")
+    assert by_sid["EcrLogin"]["Action"] == "ecr:GetAuthorizationToken" and by_sid["EcrLogin"]["Resource"] == "*"
+    assert by_sid["PushToStackRepository"]["Resource"] == {"Fn::GetAtt": [repo_id, "Arn"]}
+    assert "ecr:PutImage" in by_sid["PushToStackRepository"]["Action"]
+    assert set(by_sid) == {"EcrLogin", "PushToStackRepository"}
+    assert "ManagedPolicyArns" not in role["Properties"]
+    output = full_synth.body["Outputs"][outputs.IMAGE_PUSH_ROLE_ARN]["Value"]
+    assert output == {"Fn::GetAtt": [one(full_synth.body, "AWS::IAM::Role", "/CiImage/")[0], "Arn"]}
 
 
 def test_no_deploy_role_without_repository(default_synth):
@@ -345,14 +385,37 @@ def test_ecr_repository(default_synth):
     assert rule["selection"]["countType"] == "imageCountMoreThan" and rule["selection"]["countNumber"] == 20
 
 
-def test_training_log_group_imported_by_default(default_synth):
-    assert not resources(default_synth.body, "AWS::Logs::LogGroup")
+def test_training_log_group_is_never_a_stack_resource(default_synth, full_synth):
+    for synth in (default_synth, full_synth):
+        names = [r["Properties"].get("LogGroupName") for r in resources(synth.body, "AWS::Logs::LogGroup").values()]
+        assert outputs.TRAINING_LOG_GROUP_NAME not in names  # creating it fails where it exists
 
 
-def test_training_log_group_created_on_request(full_synth):
-    _, group = one(full_synth.body, "AWS::Logs::LogGroup", "/TrainingLogs/")
-    assert group["Properties"] == {"LogGroupName": outputs.TRAINING_LOG_GROUP_NAME, "RetentionInDays": 90}
-    assert group["DeletionPolicy"] == "Retain"
+def sdk_calls(body: dict) -> dict[str, dict]:
+    """The SDK calls of the stack's AwsCustomResources, by construct id and request type."""
+    calls = {}
+    for resource in resources(body, "Custom::AWS").values():
+        name = resource["Metadata"]["aws:cdk:path"].split("/")[-3]
+        calls[name] = {kind: json.loads(resource["Properties"][kind])
+                       for kind in ("Create", "Update", "Delete") if kind in resource["Properties"]}
+    return calls
+
+
+def test_training_log_retention_is_set_whether_or_not_the_group_exists(default_synth):
+    calls = sdk_calls(default_synth.body)
+    ensure, retention = calls["EnsureLogGroup"], calls["Retention"]
+    assert set(ensure) == {"Create"} and set(retention) == {"Create", "Update"}  # no Delete: never deleted
+    assert ensure["Create"]["action"] == "createLogGroup"
+    assert ensure["Create"]["ignoreErrorCodesMatching"] == "ResourceAlreadyExistsException"
+    assert retention["Update"] == retention["Create"]
+    assert retention["Create"]["action"] == "putRetentionPolicy"
+    assert retention["Create"]["parameters"] == {"logGroupName": outputs.TRAINING_LOG_GROUP_NAME, "retentionInDays": 90}
+    assert "logs:DeleteLogGroup" not in json.dumps(default_synth.body)
+    custom_policies = [p for k, p in resources(default_synth.body, "AWS::IAM::Policy").items() if "CustomResourcePolicy" in k]
+    assert len(custom_policies) == 2
+    for custom in custom_policies:
+        granted = {a for s in custom["Properties"]["PolicyDocument"]["Statement"] for a in as_list(s["Action"])}
+        assert granted == {"logs:CreateLogGroup", "logs:PutRetentionPolicy"}
 
 
 IMPORTED_PROVIDER_ARN = "arn:aws:iam::123456789012:oidc-provider/token.actions.githubusercontent.com"
