@@ -56,8 +56,9 @@ def metric_regex(name: str) -> str:
     """A regex whose first group is the value of ``name`` on a ``METRIC step=`` line."""
     if name not in METRIC_NAMES + DIPHONE_METRICS:
         raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES + DIPHONE_METRICS)}")
-    # Unanchored: the SageMaker docs ("Define metrics and environment variables") do not say the
-    # regex is applied per line, so no `^`; the `METRIC step=` text cannot occur in a
+    # Unanchored: SageMaker's API reference ("MetricDefinition") says the regex "searches the
+    # output of a training job", and "Defining metrics and environment variables" does not say it
+    # is applied per line, so a `^` might never match; the `METRIC step=` text cannot occur in a
     # `METRIC_SESSION` line, the name must follow a space (`val_PER` never matches `x_val_PER`),
     # and nothing in it matches a newline, so applied to a block of lines it still reads one line.
     return rf"{METRIC_PREFIX} step=[0-9]+ (?:\S+ )*{name}={_NUMBER}"

@@ -43,11 +43,10 @@ def test_start_submits_the_job_the_stack_describes(deployed, job):
     assert desc["CheckpointConfig"]["S3Uri"] == f"s3://{deployed.output_bucket}/checkpoints/{job}/"
     assert desc["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400, "MaxWaitTimeInSeconds": 172800}
     assert desc["OutputDataConfig"]["S3OutputPath"] == f"s3://{deployed.output_bucket}/jobs/"
-    assert desc["HyperParameters"] == {
-        "config_file": "demo.yaml",
-        "data_url": f"s3://{deployed.data_bucket}/data/",
-        "overrides": json.dumps(["num_training_batches=50"]),
-    }
+    assert desc["HyperParameters"] == {"config_file": "demo.yaml", "data_url": f"s3://{deployed.data_bucket}/data/"}
+    overrides = deployed.client("s3").get_object(Bucket=deployed.output_bucket,
+                                                 Key=f"jobs/{job}/input/config/overrides.json")["Body"].read()
+    assert json.loads(overrides) == ["num_training_batches=50"]  # beside the config, not a hyperparameter
 
 
 def test_start_uploads_the_config_channel(deployed, job):
