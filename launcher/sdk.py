@@ -72,6 +72,12 @@ def model_trainer(request: dict[str, Any], *, sagemaker_session: Any = None):
         environment=dict(request.get("Environment", {})),
         tags=[Tag(key=t["Key"], value=t["Value"]) for t in request.get("Tags", [])],
     )
+    if "RetryStrategy" in request:
+        from sagemaker.core.shapes import RetryStrategy
+
+        trainer = trainer.with_retry_strategy(
+            RetryStrategy(maximum_retry_attempts=request["RetryStrategy"]["MaximumRetryAttempts"])
+        )
     if "CheckpointConfig" in request:
         ck = request["CheckpointConfig"]
         trainer = trainer.with_checkpoint_config(CheckpointConfig(s3_uri=ck["S3Uri"], local_path=ck["LocalPath"]))

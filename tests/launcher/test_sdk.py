@@ -43,6 +43,7 @@ def requests(monkeypatch):
         ("HyperParameters",),
         ("InputDataConfig",),
         ("Environment",),
+        ("RetryStrategy",),
         ("Tags",),
     ],
 )
