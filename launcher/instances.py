@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 TABLE = Path(__file__).with_name("data") / "instance_storage.json"
-# The training volume (NVMe or EBS alike) holds /opt/ml/input/data; /tmp does not: see the table's rules.
+# The training volume (NVMe or EBS alike) holds /opt/ml/input/data ("Managing storage paths for
+# different types of instance local storage"); the docs do not say which disk backs /tmp: see the table's rules.
 DATA_CACHE_DIR = "/opt/ml/input/data/b2t-cache"
 
 
