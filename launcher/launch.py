@@ -162,7 +162,23 @@ def plan(
             f"the config's data location ({cfg.data_url}) is replaced by the stack's "
             f"{request['HyperParameters']['data_url']}"
         )
+    result.notes.extend(volume_notes(spec, outputs))
     return result
+
+
+def volume_notes(spec: JobSpec, outputs: StackOutputs) -> list[str]:
+    """Why a configured key is not the volume's key (launcher/data/instance_storage.json)."""
+    from . import instances
+
+    table = instances.load()
+    notes = []
+    if not table.known(spec.instance_type):
+        notes.append(f"{spec.instance_type} is not in the instance-storage table (as of {table.as_of}); "
+                     "treated as having local storage")
+    if outputs.kms_key_arn and table.has_local_storage(spec.instance_type):
+        notes.append(f"{spec.instance_type} has local NVMe storage, encrypted by the instance: the stack's KMS "
+                     "key encrypts the output, not the volume (SageMaker refuses VolumeKmsKeyId there)")
+    return notes
 
 
 def plan_with_image(aws: Any, opts: StartOptions, loaded: LoadedConfig, outputs: StackOutputs, **kw: Any) -> Plan:

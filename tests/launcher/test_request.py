@@ -344,3 +344,16 @@ def test_the_trainer_reads_the_channel_overrides_and_cache_dir(tmp_path, monkeyp
     run = spec_from_container(env)
     assert run.config_path == channel / "demo.yaml"
     assert run.overrides == (f"dataset.storage.disk_cache_dir={tmp_path}/input/data/b2t-cache", "lr_max=0.004")
+
+
+def test_the_summary_says_why_the_volume_has_no_kms_key(outputs):
+    from dataclasses import replace
+
+    from launcher.launch import volume_notes
+
+    keyed = replace(outputs, kms_key_arn=KEY_ARN)
+    (note,) = volume_notes(spec(instance_type="ml.g5.2xlarge"), keyed)
+    assert "local NVMe storage" in note and "VolumeKmsKeyId" in note
+    assert volume_notes(spec(instance_type="ml.p3.2xlarge"), keyed) == []
+    assert volume_notes(spec(instance_type="ml.g5.2xlarge"), outputs) == []
+    assert "not in the instance-storage table" in volume_notes(spec(instance_type="ml.zz9.large"), outputs)[0]
