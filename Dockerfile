@@ -17,7 +17,8 @@ WORKDIR /opt/b2t
 # Dependencies first (a layer that survives code edits), with the base image's torch held fixed.
 COPY pyproject.toml README.md ./
 RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/constraints.txt \
-    && python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+    && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+deps = p['dependencies'] + p['optional-dependencies']['plot'] + p['optional-dependencies']['tensorboard']; \
 print('\n'.join(d for d in deps if not d.replace(' ', '').startswith('torch')))" > /tmp/requirements.txt \
     && pip install -c /tmp/constraints.txt -r /tmp/requirements.txt
 

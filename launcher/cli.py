@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-COMMANDS = ("start", "status", "list", "logs", "stop", "download", "upload", "resume", "image")
+COMMANDS = ("start", "status", "list", "logs", "plot", "stop", "download", "upload", "resume", "image")
 
 DESCRIPTION = """\
 Train the Brain-to-Text decoder on SageMaker from the B2tSageMaker stack's outputs.

@@ -138,91 +138,6 @@ def describe(aws: Aws, job: str) -> dict[str, Any]:
             raise
 
 
-@dataclass
-class JobStatus:
-    name: str
-    status: str
-    secondary: str
-    instance: str
-    spot: bool
-    created: Optional[dt.datetime]
-    started: Optional[dt.datetime]
-    ended: Optional[dt.datetime]
-    training_s: Optional[int]
-    billable_s: Optional[int]
-    failure: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    model_uri: str = ""
-
-    @property
-    def spot_savings_pct(self) -> Optional[float]:
-        if not self.spot or not self.training_s or self.billable_s is None:
-            return None
-        return (1 - self.billable_s / self.training_s) * 100
-
-    def rows(self) -> list[tuple[str, str]]:
-        rc = self.instance
-        rows = [
-            ("job", self.name),
-            ("status", self.status),
-            ("secondary status", self.secondary or "-"),
-            ("instance", f"{rc}{' (managed spot)' if self.spot else ' (on-demand)'}"),
-            ("created", format_time(self.created)),
-            ("started", format_time(self.started)),
-            ("ended", format_time(self.ended)),
-            ("training time", _seconds(self.training_s)),
-            ("billable time", _seconds(self.billable_s)),
-        ]
-        if self.spot_savings_pct is not None:
-            rows.append(("spot savings", f"{self.spot_savings_pct:.0f}%"))
-        if self.failure:
-            rows.append(("failure", self.failure))
-        for name, value in self.metrics.items():
-            rows.append((f"metric {name}", f"{value:g}"))
-        if self.model_uri:
-            rows.append(("model", self.model_uri))
-        return rows
-
-
-def job_status(desc: dict[str, Any], metrics: Optional[dict[str, float]] = None) -> JobStatus:
-    rc = desc.get("ResourceConfig", {})
-    final = {m["MetricName"]: float(m["Value"]) for m in desc.get("FinalMetricDataList", []) or []}
-    return JobStatus(
-        name=desc["TrainingJobName"],
-        status=desc.get("TrainingJobStatus", "?"),
-        secondary=desc.get("SecondaryStatus", ""),
-        instance=f"{rc.get('InstanceCount', 1)} × {rc.get('InstanceType', '?')}",
-        spot=bool(desc.get("EnableManagedSpotTraining")),
-        created=desc.get("CreationTime"),
-        started=desc.get("TrainingStartTime"),
-        ended=desc.get("TrainingEndTime"),
-        training_s=desc.get("TrainingTimeInSeconds"),
-        billable_s=desc.get("BillableTimeInSeconds"),
-        failure=desc.get("FailureReason", ""),
-        metrics=metrics if metrics else final,
-        model_uri=desc.get("ModelArtifacts", {}).get("S3ModelArtifacts", ""),
-    )
-
-
-def last_logged_metrics(aws: Aws, log_group: str, job: str, limit: int = 2000) -> dict[str, float]:
-    """The latest value of each metric in the job's log (the running job has no final metrics yet)."""
-    import re
-
-    from .request import metric_definitions
-
-    patterns = [(d["Name"], re.compile(d["Regex"])) for d in metric_definitions()]
-    latest: dict[str, float] = {}
-    for event in log_events(aws, log_group, job, limit=limit):
-        for name, rx in patterns:
-            m = rx.search(event["message"])
-            if m:
-                try:
-                    latest[name] = float(m.group(1))
-                except ValueError:  # "nan"/"inf" parse; anything else is skipped
-                    pass
-    return latest
-
-
 def list_jobs(aws: Aws, prefix: str, max_results: int = 20, status: Optional[str] = None) -> list[dict[str, Any]]:
     kwargs: dict[str, Any] = {
         "NameContains": prefix + "-",
@@ -244,7 +159,13 @@ def list_jobs(aws: Aws, prefix: str, max_results: int = 20, status: Optional[str
 
 
 def log_events(
-    aws: Aws, log_group: str, job: str, *, start_ms: Optional[int] = None, limit: Optional[int] = None
+    aws: Aws,
+    log_group: str,
+    job: str,
+    *,
+    start_ms: Optional[int] = None,
+    limit: Optional[int] = None,
+    filter_pattern: Optional[str] = None,
 ) -> Iterator[dict[str, Any]]:
     """Events of every stream of ``job`` (``<job>/algo-N-<time>``), oldest first."""
     from botocore.exceptions import ClientError
@@ -252,6 +173,8 @@ def log_events(
     kwargs: dict[str, Any] = {"logGroupName": log_group, "logStreamNamePrefix": f"{job}/"}
     if start_ms is not None:
         kwargs["startTime"] = start_ms
+    if filter_pattern:
+        kwargs["filterPattern"] = filter_pattern
     seen = 0
     with aws_errors(f"reading logs of {job}"):
         try:
@@ -271,8 +194,24 @@ def follow_logs(
     aws: Aws, log_group: str, job: str, *, follow: bool, poll_s: float = 5.0, sleep=time.sleep
 ) -> Iterator[str]:
     """Log lines of ``job``; with ``follow`` keep polling until the job ends."""
-    seen: set[str] = set()
-    start_ms: Optional[int] = None
+    for event in follow_events(aws, log_group, job, follow=follow, poll_s=poll_s, sleep=sleep):
+        yield event["message"].rstrip("\n")
+
+
+def follow_events(
+    aws: Aws,
+    log_group: str,
+    job: str,
+    *,
+    follow: bool,
+    poll_s: float = 5.0,
+    sleep=time.sleep,
+    start_ms: Optional[int] = None,
+    seen: Optional[set[str]] = None,
+) -> Iterator[dict[str, Any]]:
+    """Log events of ``job`` from ``start_ms`` on (``seen``: event ids already shown); with
+    ``follow`` keep polling until the job ends."""
+    seen = set() if seen is None else seen
     while True:
         status = describe(aws, job)["TrainingJobStatus"] if follow else "Completed"
         for event in log_events(aws, log_group, job, start_ms=start_ms):
@@ -280,10 +219,86 @@ def follow_logs(
                 continue
             seen.add(event["eventId"])
             start_ms = max(start_ms or 0, event["timestamp"])
-            yield event["message"].rstrip("\n")
+            yield event
         if status in TERMINAL:
             return
         sleep(poll_s)
+
+
+def tail_events(aws: Aws, log_group: str, job: str, n: int, start_ms: Optional[int] = None) -> list[dict[str, Any]]:
+    """The newest ``n`` events of ``job``, oldest first, read backwards from the end of each stream."""
+    from botocore.exceptions import ClientError
+
+    if n <= 0:
+        return []
+    found: list[dict[str, Any]] = []
+    with aws_errors(f"reading logs of {job}"):
+        try:
+            pages = aws.logs.get_paginator("describe_log_streams").paginate(
+                logGroupName=log_group, logStreamNamePrefix=f"{job}/")
+            streams = [s for page in pages for s in page.get("logStreams", [])]
+        except ClientError as e:
+            if error_code(e) == "ResourceNotFoundException":
+                return []
+            raise
+        streams.sort(key=lambda s: s.get("lastEventTimestamp") or s.get("creationTime") or 0, reverse=True)
+        for k, stream in enumerate(streams):
+            found += _stream_tail(aws, log_group, stream["logStreamName"], n, start_ms)
+            found.sort(key=lambda e: (e["timestamp"], e.get("ingestionTime", 0)))
+            # older streams (a spot restart's earlier attempts) only matter if they reach past the cut
+            if len(found) >= n and all((s.get("lastEventTimestamp") or 0) < found[-n]["timestamp"]
+                                       for s in streams[k + 1:]):
+                break
+    return found[-n:]
+
+
+def _stream_tail(aws: Aws, log_group: str, stream: str, n: int, start_ms: Optional[int]) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"logGroupName": log_group, "logStreamName": stream, "startFromHead": False,
+                              "limit": min(n, 10000)}
+    if start_ms is not None:
+        kwargs["startTime"] = start_ms
+    while len(events) < n:
+        page = aws.logs.get_log_events(**kwargs)
+        batch = page.get("events", [])
+        if not batch or page.get("nextBackwardToken") == kwargs.get("nextToken"):
+            break
+        events = batch + events
+        kwargs["nextToken"] = page["nextBackwardToken"]
+    return [{**e, "logStreamName": stream} for e in events[-n:]]
+
+
+def exit_code(status: str) -> int:
+    """How a command that watched ``job`` exits: 1 if it Failed or was Stopped, else 0
+    (the rule of ``start --wait`` and ``logs``)."""
+    return 1 if status in ("Failed", "Stopped") else 0
+
+
+def job_config(aws: Aws, desc: dict[str, Any]) -> tuple[Any, tuple[str, ...]]:
+    """The job's config as it ran, from its config channel: ``(LoadedConfig, overrides)``."""
+    from . import launch
+    from .request import CONFIG_CHANNEL, OVERRIDES_FILE
+
+    job = desc["TrainingJobName"]
+    hp = desc.get("HyperParameters", {}) or {}
+    config_file = hp.get("config_file")
+    if not config_file or "data_url" not in hp:
+        raise LauncherError(f"job {job} was not started by this launcher (no config_file/data_url hyperparameters)")
+    channel = next((c for c in desc.get("InputDataConfig", []) if c["ChannelName"] == CONFIG_CHANNEL), None)
+    if channel is None:
+        raise LauncherError(f"job {job} has no {CONFIG_CHANNEL!r} input channel")
+    config_uri = channel["DataSource"]["S3DataSource"]["S3Uri"].rstrip("/") + "/" + config_file
+    bucket, key = s3sync.split_s3_url(config_uri)
+    with aws_errors(f"reading {config_uri}"):
+        text = aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    # Overrides: next to the config in the channel; jobs started before that carried them as a hyperparameter.
+    if "overrides" in hp:
+        overrides = tuple(json.loads(hp["overrides"] or "[]"))
+    else:
+        overrides_key = key.rsplit("/", 1)[0] + "/" + OVERRIDES_FILE
+        with aws_errors(f"reading s3://{bucket}/{overrides_key}"):
+            overrides = tuple(json.loads(aws.s3.get_object(Bucket=bucket, Key=overrides_key)["Body"].read()))
+    return launch.load_text(text, config_file, config_uri, overrides), overrides
 
 
 # ---------------------------------------------------------------------------------------
@@ -367,19 +382,3 @@ def count_objects(aws: Aws, uri: str) -> int:
 
 def log_group_of(outputs: StackOutputs) -> str:
     return outputs.log_group or keys.TRAINING_LOG_GROUP_NAME
-
-
-def format_time(value: Optional[dt.datetime]) -> str:
-    if not value:
-        return "-"
-    if isinstance(value, str):
-        return value
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _seconds(value: Optional[int]) -> str:
-    if value is None:
-        return "-"
-    h, rest = divmod(int(value), 3600)
-    m, s = divmod(rest, 60)
-    return f"{value} s ({h}h{m:02d}m{s:02d}s)"

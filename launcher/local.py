@@ -134,6 +134,7 @@ def layout(job_dir: Path, request: dict[str, Any]) -> dict[str, Path]:
         "output": job_dir / "output",
         "output_data": job_dir / "output" / "data",
         "checkpoints": job_dir / "checkpoints",
+        "tensorboard": job_dir / "output" / "tensorboard",
     }
     for p in paths.values():
         p.mkdir(parents=True, exist_ok=True)
@@ -166,6 +167,11 @@ def layout(job_dir: Path, request: dict[str, Any]) -> dict[str, Path]:
         files["checkpointconfig.json"] = {
             "LocalPath": str(paths["checkpoints"].resolve()),
             "S3Uri": request["CheckpointConfig"]["S3Uri"],
+        }
+    if "TensorBoardOutputConfig" in request:  # the container's LocalPath is <job>/output/tensorboard here
+        files["tensorboardoutputconfig.json"] = {
+            "LocalPath": str(paths["tensorboard"].resolve()),
+            "S3OutputPath": request["TensorBoardOutputConfig"]["S3OutputPath"],
         }
     for name, body in files.items():
         (paths["config"] / name).write_text(json.dumps(body, indent=2) + "\n")
@@ -304,6 +310,12 @@ def report(job: str, paths: dict[str, Path], result: LocalResult, seconds: float
     metric_files = sorted(p for p in paths["output_data"].rglob("metrics*") if p.is_file())
     shown = ", ".join(str(p) for p in metric_files) or str(paths["output_data"])
     print(f"metrics: {shown}", file=out)
+    curves = paths["model"] / "curves.png"
+    if curves.exists():
+        print(f"curves:  {curves}", file=out)
+    events = sorted(paths["tensorboard"].rglob("events.out.tfevents.*"))
+    if events:
+        print(f"tensorboard: {len(events)} event file(s); tensorboard --logdir {paths['tensorboard']}", file=out)
     if result.metrics:
         print("last:    " + " ".join(f"{k}={v:g}" for k, v in result.metrics.items()), file=out)
     print(f"log:     {result.job_dir / 'train.log'}", file=out)

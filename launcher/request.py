@@ -32,6 +32,9 @@ DATA_CACHE_ENV = "B2T_DATA_CACHE_DIR"
 # InternalServerError, up to this many times; user errors are never retried.
 MAX_RETRY_ATTEMPTS = 2
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
+# AWS API reference, "TensorBoardOutputConfig": LocalPath defaults to /opt/ml/output/tensorboard;
+# SageMaker uploads what the job writes there to S3OutputPath while it runs.
+TENSORBOARD_LOCAL_PATH = "/opt/ml/output/tensorboard"
 DEFAULT_INSTANCE_TYPE = "ml.g5.2xlarge"
 # ECR tags are immutable in the stack (infra/registry.py): every push has its own tag (see
 # `launcher image`), and `start` without --image-tag takes the newest pushed image.
@@ -111,6 +114,11 @@ def config_channel_uri(outputs: StackOutputs, job_name: str) -> str:
 
 def checkpoint_uri(outputs: StackOutputs, job_name: str) -> str:
     return f"s3://{outputs.output_bucket}/{keys.CHECKPOINT_KEY_PREFIX}{job_name}/"
+
+
+def tensorboard_uri(outputs: StackOutputs, job_name: str) -> str:
+    """Where the job's TensorBoard event files go (under ``jobs/``, which the execution role may write)."""
+    return f"s3://{outputs.output_bucket}/{keys.OUTPUT_KEY_PREFIX}{job_name}/tensorboard/"
 
 
 def output_path(outputs: StackOutputs) -> str:
@@ -219,6 +227,10 @@ def build_training_job_request(spec: JobSpec, outputs: StackOutputs) -> dict[str
         "ResourceConfig": resources,
         "StoppingCondition": stopping,
         "EnableManagedSpotTraining": spec.spot,
+        "TensorBoardOutputConfig": {
+            "S3OutputPath": tensorboard_uri(outputs, spec.job_name),
+            "LocalPath": TENSORBOARD_LOCAL_PATH,
+        },
         "Environment": {"PYTHONUNBUFFERED": "1", DATA_CACHE_ENV: instances.DATA_CACHE_DIR},
         "RetryStrategy": {"MaximumRetryAttempts": MAX_RETRY_ATTEMPTS},
         "Tags": tags,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Optional
 
-from . import jobs, launch, s3sync
-from .aws import Aws, aws_errors
+from . import jobs, launch
+from .aws import Aws
 from .errors import LauncherError
-from .request import CONFIG_CHANNEL, OVERRIDES_FILE, TAG_RESUMED_FROM
+from .request import TAG_RESUMED_FROM
 from .stack import StackOutputs
 
 log = logging.getLogger(__name__)
@@ -34,24 +33,7 @@ def plan_resume(
     if not ckpt:
         raise LauncherError(f"job {job} ran without checkpoints: there is nothing to resume from")
     hp = desc.get("HyperParameters", {})
-    config_file = hp.get("config_file")
-    if not config_file or "data_url" not in hp:
-        raise LauncherError(f"job {job} was not started by this launcher (no config_file/data_url hyperparameters)")
-    channel = next((c for c in desc.get("InputDataConfig", []) if c["ChannelName"] == CONFIG_CHANNEL), None)
-    if channel is None:
-        raise LauncherError(f"job {job} has no {CONFIG_CHANNEL!r} input channel")
-    config_uri = channel["DataSource"]["S3DataSource"]["S3Uri"].rstrip("/") + "/" + config_file
-    bucket, key = s3sync.split_s3_url(config_uri)
-    with aws_errors(f"reading {config_uri}"):
-        text = aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-    # Overrides: next to the config in the channel; jobs started before that carried them as a hyperparameter.
-    if "overrides" in hp:
-        overrides = tuple(json.loads(hp["overrides"] or "[]"))
-    else:
-        overrides_key = key.rsplit("/", 1)[0] + "/" + OVERRIDES_FILE
-        with aws_errors(f"reading s3://{bucket}/{overrides_key}"):
-            overrides = tuple(json.loads(aws.s3.get_object(Bucket=bucket, Key=overrides_key)["Body"].read()))
-    loaded = launch.load_text(text, config_file, config_uri, overrides)
+    loaded, overrides = jobs.job_config(aws, desc)
 
     image = desc["AlgorithmSpecification"]["TrainingImage"]
     old_tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else "latest"

@@ -27,6 +27,7 @@ def model_trainer(request: dict[str, Any], *, sagemaker_session: Any = None):
         OutputDataConfig,
         StoppingCondition,
         Tag,
+        TensorBoardOutputConfig,
     )
     from sagemaker.train import ModelTrainer
 
@@ -81,6 +82,10 @@ def model_trainer(request: dict[str, Any], *, sagemaker_session: Any = None):
     if "CheckpointConfig" in request:
         ck = request["CheckpointConfig"]
         trainer = trainer.with_checkpoint_config(CheckpointConfig(s3_uri=ck["S3Uri"], local_path=ck["LocalPath"]))
+    if "TensorBoardOutputConfig" in request:
+        tb = request["TensorBoardOutputConfig"]
+        trainer = trainer.with_tensorboard_output_config(
+            TensorBoardOutputConfig(s3_output_path=tb["S3OutputPath"], local_path=tb["LocalPath"]))
     return trainer.with_metric_definitions(
         [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in request["AlgorithmSpecification"]["MetricDefinitions"]]
     )

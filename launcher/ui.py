@@ -1,7 +1,9 @@
-"""Terminal output shared by the commands: tables, confirmation, the program name."""
+"""Terminal output shared by the commands: tables, key/value blocks, times, durations, money,
+confirmation, the program name. Every table and figure the commands print is formatted here."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 from typing import Optional, Sequence, TextIO
@@ -20,6 +22,42 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*(str(c) for c in row)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def when(value: Optional[dt.datetime]) -> str:
+    """A time in UTC, to the second; ``-`` when unknown."""
+    if not value:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def log_time(ms: int) -> str:
+    """A log event's timestamp (milliseconds since the epoch), in UTC."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(seconds: Optional[float]) -> str:
+    """``1h02m``, ``4m05s``, ``12s``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    return f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+def money(usd: Optional[float]) -> str:
+    if usd is None:
+        return "-"
+    return f"${usd:,.2f}" if usd >= 0.01 or usd == 0 else "<$0.01"
+
+
+def number(value: Optional[float], fmt: str = ".4g") -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 def key_values(rows: Sequence[tuple[str, str]]) -> str:

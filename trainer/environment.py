@@ -29,7 +29,11 @@ an /opt/ml-like tree and point it there). From the container contract:
 - checkpoints: ``LocalPath`` of ``<root>/input/config/checkpointconfig.json``, default
   ``<root>/checkpoints`` (SageMaker syncs it to S3 and restores it on a spot restart);
 - model: ``<root>/model``; metrics/logs: ``<root>/output/data``; failure reason:
-  ``<root>/output/failure``.
+  ``<root>/output/failure``;
+- TensorBoard event files: ``LocalPath`` of ``<root>/input/config/tensorboardoutputconfig.json``
+  (the job's TensorBoardOutputConfig; SageMaker uploads that folder to its ``S3OutputPath``
+  while the job runs; the API's default is ``/opt/ml/output/tensorboard``), else
+  ``<root>/output/data/tensorboard`` (then they travel in ``output.tar.gz``).
 
 ``SM_MODEL_DIR``, ``SM_OUTPUT_DATA_DIR`` and ``SM_CHANNEL_<NAME>`` are honoured where set
 (the SageMaker training toolkit sets them; a bare image does not).
@@ -220,6 +224,7 @@ def spec_from_container(env: Mapping[str, str] = os.environ) -> RunSpec:
     hp = _read_json(config_dir / "hyperparameters.json")
     resources = _read_json(config_dir / "resourceconfig.json")
     checkpoint_cfg = _read_json(config_dir / "checkpointconfig.json")
+    tensorboard_cfg = _read_json(config_dir / "tensorboardoutputconfig.json")
     notes = []
     hosts = resources.get("hosts") or []
     if len(hosts) > 1:
@@ -236,6 +241,8 @@ def spec_from_container(env: Mapping[str, str] = os.environ) -> RunSpec:
         output_dir=output,
         model_dir=Path(env.get("SM_MODEL_DIR") or root / "model"),
         checkpoint_dir=Path(checkpoint_cfg.get("LocalPath") or root / "checkpoints"),
+        tensorboard_dir=(Path(tensorboard_cfg.get("LocalPath") or root / "output" / "tensorboard")
+                         if tensorboard_cfg else output / "tensorboard"),
     )
     return RunSpec(
         config_path=_container_config(root, hp, env),

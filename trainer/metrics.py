@@ -8,7 +8,9 @@ MetricDefinitions from :func:`metric_definitions`)::
 - training, every ``batches_per_train_log`` batches:
   ``METRIC step=200 train_loss=1.2345 lr=0.004 lr_day=0.005 grad_norm=0.8123 sec_per_batch=0.0412``
 - validation, every ``batches_per_val_step`` batches and after the last one:
-  ``METRIC step=2000 val_loss=0.9876 val_PER=0.2345``
+  ``METRIC step=2000 val_loss=0.9876 val_PER=0.2345 best_val_PER=0.2345 val_seconds=12.5``
+  (``best_val_PER``: the lowest so far, so the job's final metric is the best one;
+  ``val_seconds``: the validation pass alone; ``sec_per_batch`` counts training batches only)
 - diphone models (1681 classes) add ``val_DER`` to the validation line, and with
   ``use_composite_loss`` the training line carries ``alpha`` (the weight of the phoneme CTC):
   ``METRIC step=200 train_loss=… alpha=0.2 …``; their regexes come from
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -41,7 +44,7 @@ METRIC_PREFIX = "METRIC"
 SESSION_METRIC_PREFIX = "METRIC_SESSION"
 METRIC_LINE_FORMAT = "METRIC step={step} {name}={value:.6g} ..."
 TRAIN_METRICS = ("train_loss", "lr", "lr_day", "grad_norm", "sec_per_batch")
-VAL_METRICS = ("val_loss", "val_PER")
+VAL_METRICS = ("val_loss", "val_PER", "best_val_PER", "val_seconds")
 METRIC_NAMES = TRAIN_METRICS + VAL_METRICS
 DIPHONE_METRICS = ("alpha", "val_DER")  # only diphone runs print these
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
@@ -95,6 +98,44 @@ class MetricsSink:
             record.update({k: (None if not math.isfinite(v) else float(v)) for k, v in values.items()})
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+_LINE = re.compile(rf"^({METRIC_PREFIX}|{SESSION_METRIC_PREFIX}) step=([0-9]+)((?: \S+=\S+)*)\s*$")
+
+
+def parse_metric_line(line: str) -> Optional[dict]:
+    """The ``metrics.jsonl`` record of a printed metric line (no ``time``); None for other lines.
+
+    The kind is told by the values: ``train_loss`` → train, ``METRIC_SESSION`` → val_session,
+    else val.
+    """
+    m = _LINE.match(line.strip())
+    if not m:
+        return None
+    record: dict = {"step": int(m.group(2))}
+    for item in m.group(3).split():
+        name, _, value = item.partition("=")
+        try:
+            record[name] = float(value)
+        except ValueError:
+            record[name] = value
+    if m.group(1) == SESSION_METRIC_PREFIX:
+        kind = "val_session"
+    else:
+        kind = "train" if "train_loss" in record else "val"
+    return {"kind": kind, **record}
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file, in the order written."""
+    records = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{path}:{n}: not a JSON line") from None
+    return records
 
 
 # ---------------------------------------------------------------------------------------

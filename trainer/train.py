@@ -29,6 +29,7 @@ from .augment import transform
 from .config import ConfigError, TrainConfig, dump_config
 from .export import export_model
 from .metrics import MetricsSink
+from .monitor import Monitor
 from .model import GRUDecoder, count_parameters, model_for, output_lengths
 from .schedule import learning_rates
 from .validation import ValResult, autocast, composite_alpha, composite_loss, ctc_loss, evaluate, phoneme_targets
@@ -47,6 +48,7 @@ class RunPaths:
     output_dir: Path  # metrics.jsonl, training_log, validation metrics
     model_dir: Path  # the final model
     checkpoint_dir: Path  # resumable state
+    tensorboard_dir: Optional[Path] = None  # TensorBoard event files; default <output_dir>/tensorboard
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Run:
     scaler: Optional[torch.amp.GradScaler]
     amp_dtype: Optional[torch.dtype]
     generator: torch.Generator  # augmentation noise, on the training device
-    sink: MetricsSink
+    sink: Monitor  # every metric record goes here: METRIC lines, metrics.jsonl, TensorBoard, progress
     progress: Progress = field(default_factory=Progress)
 
 
@@ -201,7 +203,8 @@ def setup(cfg: TrainConfig, paths: RunPaths) -> tuple[Run, Optional[dict]]:
         scaler=scaler,
         amp_dtype=amp_dtype,
         generator=generator,
-        sink=MetricsSink(paths.output_dir / "metrics.jsonl"),
+        sink=Monitor(MetricsSink(paths.output_dir / "metrics.jsonl"), total=cfg.num_training_batches,
+                     tensorboard_dir=paths.tensorboard_dir or paths.output_dir / "tensorboard"),
     )
     if latest is None:
         return run, None
@@ -343,14 +346,15 @@ def validate(run: Run, val_loader, i: int, should_stop: Callable[[], bool]) -> b
         )
     if result is None:
         return False
+    seconds = time.monotonic() - start
     run.sink.emit("val", i, {"val_loss": result.loss, "val_PER": result.per,
-                             **({} if result.der is None else {"val_DER": result.der})})
+                             **({} if result.der is None else {"val_DER": result.der}),
+                             "best_val_PER": min(p.best_val_PER, result.per), "val_seconds": seconds})
     if cfg.log_individual_day_val_PER:
         for day, per in result.per_day.items():
             der = {} if result.der is None else {"val_DER": result.der_day[day]}
             run.sink.emit("val_session", i, {"val_PER": per, **der}, session=cfg.dataset.sessions[day])
-    log.info("validation after batch %d: PER %.4f, loss %.4f (%.1f s)", i, result.per, result.loss,
-             time.monotonic() - start)
+    log.info("validation after batch %d: PER %.4f, loss %.4f (%.1f s)", i, result.per, result.loss, seconds)
     improved = result.per < p.best_val_PER or (result.per == p.best_val_PER and result.loss < p.best_val_loss)
     if improved:
         log.info("new best validation PER %.4f -> %.4f", p.best_val_PER, result.per)
@@ -416,26 +420,34 @@ def train(
     if val_loader is None:
         log.warning("no validation data: no validation, best model or early stopping")
     last = cfg.num_training_batches - 1
+    run.sink.start(p.step)
     if val_loader is not None and p.step > 0 and is_val_step(cfg, p.step - 1) and p.last_val_step != p.step - 1:
         validate(run, val_loader, p.step - 1, should_stop)  # interrupted during that validation
-    log_every, loss_sum, interval_start, interval_batches = cfg.batches_per_train_log, None, time.monotonic(), 0
+    # sec_per_batch: wall time of training batches only (loading, step, and the sync of the
+    # logged values); validation and checkpoints are timed apart (val_seconds).
+    log_every, loss_sum, train_seconds, interval_batches = cfg.batches_per_train_log, None, 0.0, 0
 
     while p.step <= last and not p.early_stopped:
         if should_stop():
             return stop(run)
         i = p.step
+        started = time.monotonic()
         loss, grad_norm = train_step(run, next(batches), i)
         loss_sum = loss if loss_sum is None else loss_sum + loss
         interval_batches += 1
         p.step = i + 1
         if i % log_every == 0 or i == last:
             lr, lr_day = learning_rates(cfg, i)
-            elapsed = time.monotonic() - interval_start
             alpha = composite_alpha(cfg, i)
-            run.sink.emit("train", i, {"train_loss": float(loss_sum) / interval_batches, "lr": lr, "lr_day": lr_day,
-                                       "grad_norm": float(grad_norm), "sec_per_batch": elapsed / interval_batches,
+            values = {"train_loss": float(loss_sum) / interval_batches, "lr": lr, "lr_day": lr_day,
+                      "grad_norm": float(grad_norm)}
+            train_seconds += time.monotonic() - started
+            run.sink.emit("train", i, {**values, "sec_per_batch": train_seconds / interval_batches,
                                        **({} if alpha is None else {"alpha": alpha})})
-            loss_sum, interval_start, interval_batches = None, time.monotonic(), 0
+            loss_sum, train_seconds, interval_batches = None, 0.0, 0
+        else:
+            train_seconds += time.monotonic() - started
+        run.sink.batch_done(p.step)
         at_val = val_loader is not None and is_val_step(cfg, i)
         if at_val and not validate(run, val_loader, i, should_stop):
             return stop(run)
@@ -447,6 +459,7 @@ def train(
 def stop(run: Run) -> RunResult:
     """Asked to stop (SIGTERM): save where we are and report it."""
     path = save_checkpoint(run)
+    run.sink.close()
     log.warning("stop requested: saved %s at step %d; start again to resume", path, run.progress.step)
     return RunResult(INTERRUPTED, run.progress.step, run.progress.best_val_PER, None)
 
@@ -464,6 +477,8 @@ def finish(run: Run) -> RunResult:
     else:
         weights, info["weights"] = final, "final"
     path = export_model(run.paths.model_dir, run.model, weights, cfg, **info)
+    run.sink.close()
+    run.sink.write_curves(run.paths.model_dir / "curves.png")
     if cfg.save_final_model:
         export_model(run.paths.model_dir, run.model, final, cfg, file_name="final_model.pt",
                      **{**info, "weights": "final", "step": p.step})

@@ -123,5 +123,5 @@ def submit_plan(aws, plan, *, dry_run: bool, yes: bool, wait: bool) -> int:
         from .logs import stream
 
         status = stream(aws, plan.outputs, plan.job_name, follow=True)
-        return 0 if status == "Completed" else 1
+        return jobs.exit_code(status)
     return 0

@@ -130,6 +130,21 @@ class Deployed:
         return get_backend("sagemaker")[ACCOUNT][REGION].training_jobs[name]
 
 
+def put_log(deployed: "Deployed", job: str, lines: list[str], *, first_ms: Optional[int] = None,
+            stream_suffix: str = "1764400000", step_ms: int = 1) -> None:
+    """Log ``lines`` in a stream of ``job`` (``<job>/algo-1-<suffix>``) as the container would."""
+    logs = deployed.client("logs")
+    group = deployed.outputs[keys.TRAINING_LOG_GROUP]
+    if not logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]:
+        logs.create_log_group(logGroupName=group)
+    stream = f"{job}/algo-1-{stream_suffix}"
+    logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    if first_ms is None:
+        first_ms = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+    logs.put_log_events(logGroupName=group, logStreamName=stream,
+                        logEvents=[{"timestamp": first_ms + step_ms * i, "message": m} for i, m in enumerate(lines)])
+
+
 @pytest.fixture
 def no_image(aws_env, stack_template) -> Deployed:
     """The stack and the demo sessions in the data bucket; nothing pushed to ECR yet."""

@@ -11,7 +11,7 @@ import pytest
 from infra import outputs as keys
 from trainer.config import DEMO_CONFIG
 
-from tests.launcher.conftest import IMAGE_TAG, tar_gz
+from tests.launcher.conftest import IMAGE_TAG, put_log, tar_gz
 
 # moto deploys the synthesized template but skips what it cannot model (bucket policies).
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse")
@@ -104,19 +104,26 @@ def test_without_yes_a_no_answer_submits_nothing(deployed, cli, monkeypatch):
 def test_status_shows_times_billing_and_metrics(deployed, job, cli):
     code, out, _ = cli("status", job)
     assert code == 0
-    for label in ("status:", "secondary status:", "created:", "billable time:", "metric train:progress"):
-        assert label in out
-    assert "Completed" in out
+    for label in ("state: Completed (Completed)", "created:", "billable:", "cost:", "metrics: train:progress=100"):
+        assert label in flat(out)
 
 
 def test_status_of_a_running_spot_job_reads_metrics_from_its_log(deployed, job, cli):
     fake = deployed.training_job(job)
     fake.training_job_status, fake.final_metric_data_list = "InProgress", []
-    fake.training_time_in_seconds, fake.billable_time_in_seconds = 1000, 300
     write_log(deployed, job, ["METRIC step=25 train_loss=3.5 lr=0.001", "METRIC step=99 val_loss=2.25 val_PER=0.61"])
     code, out, _ = cli("status", job.removeprefix("b2t-"))
-    assert "status: InProgress" in flat(out) and "spot savings: 70%" in flat(out)
-    assert "metric train_loss: 3.5" in flat(out) and "metric val_PER: 0.61" in flat(out)
+    assert "state: InProgress" in flat(out) and "step: 100 / 50" in flat(out)
+    assert "train (newest): step 25: train_loss=3.5 lr=0.001" in flat(out)
+    assert "val (newest): step 99: val_loss=2.25 val_PER=0.61" in flat(out)
+
+
+def test_status_of_an_ended_spot_job_shows_its_savings(deployed, job, cli):
+    fake = deployed.training_job(job)
+    fake.training_time_in_seconds, fake.billable_time_in_seconds = 1000, 300
+    code, out, _ = cli("status", job)
+    assert "spot savings: 70%" in flat(out) and "billable: 5m00s" in flat(out)
+    assert "cost: $0.13 (billable time × $1.515/h on-demand" in flat(out)
 
 
 def test_list_shows_this_projects_jobs_newest_first(deployed, job, cli):
@@ -124,19 +131,12 @@ def test_list_shows_this_projects_jobs_newest_first(deployed, job, cli):
     code, out, _ = cli("list")
     assert code == 0
     assert job in out and "someone-else" not in out
-    assert out.splitlines()[0].split() == ["JOB", "STATUS", "CREATED", "ENDED"]
+    assert out.splitlines()[0].split() == ["JOB", "STATE", "INSTANCE", "SPOT", "STARTED", "DURATION", "COST", "BEST",
+                                           "PER", "CONFIG"]
 
 
 def write_log(deployed, job: str, lines: list[str]) -> None:
-    logs = deployed.client("logs")
-    group = deployed.outputs[keys.TRAINING_LOG_GROUP]
-    if not logs.describe_log_groups(logGroupNamePrefix=group)["logGroups"]:
-        logs.create_log_group(logGroupName=group)
-    stream = f"{job}/algo-1-1764400000"
-    logs.create_log_stream(logGroupName=group, logStreamName=stream)
-    now = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
-    logs.put_log_events(logGroupName=group, logStreamName=stream,
-                        logEvents=[{"timestamp": now + i, "message": m} for i, m in enumerate(lines)])
+    put_log(deployed, job, lines)
 
 
 def foreign_job(deployed) -> dict:
@@ -152,13 +152,13 @@ def foreign_job(deployed) -> dict:
 
 def test_logs_prints_the_jobs_cloudwatch_stream(deployed, job, cli):
     write_log(deployed, job, ["starting", "METRIC step=0 train_loss=4.0"])
-    code, out, _ = cli("logs", job)
+    code, out, _ = cli("logs", job, "--no-timestamps")
     assert code == 0 and out.splitlines() == ["starting", "METRIC step=0 train_loss=4.0"]
 
 
 def test_logs_follow_ends_with_the_job(deployed, job, cli):
     write_log(deployed, job, ["done"])
-    code, out, _ = cli("logs", job, "--follow", "--poll", "0")
+    code, out, _ = cli("logs", job, "--follow", "--poll", "0", "--no-timestamps")
     assert code == 0 and out.splitlines() == ["done", f"-- {job}: Completed"]
 
 

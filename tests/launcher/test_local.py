@@ -50,6 +50,19 @@ def test_local_run_leaves_model_metrics_and_checkpoints(local_run):
     assert any(job_dir.joinpath("checkpoints").iterdir())
 
 
+def test_local_run_ends_with_curves_and_tensorboard_files(local_run):
+    from PIL import Image
+
+    code, out, job_dir = local_run
+    with Image.open(job_dir / "model" / "curves.png") as image:
+        assert image.size == (1200, 450)
+    (events,) = (job_dir / "output" / "tensorboard").glob("events.out.tfevents.*")
+    assert events.stat().st_size > 0
+    assert f"curves:  {job_dir / 'model' / 'curves.png'}" in out
+    assert f"tensorboard --logdir {job_dir / 'output' / 'tensorboard'}" in out
+    assert "trainer.monitor: progress: 2/2 batches (100%)" in out
+
+
 def test_local_tree_is_the_requests_opt_ml_layout(local_run):
     _, _, job_dir = local_run
     request = json.loads((job_dir / "request.json").read_text())
@@ -60,6 +73,10 @@ def test_local_tree_is_the_requests_opt_ml_layout(local_run):
     assert json.loads((config / "checkpointconfig.json").read_text()) == {
         "LocalPath": str((job_dir / "checkpoints").resolve()),
         "S3Uri": request["CheckpointConfig"]["S3Uri"],
+    }
+    assert json.loads((config / "tensorboardoutputconfig.json").read_text()) == {
+        "LocalPath": str((job_dir / "output" / "tensorboard").resolve()),
+        "S3OutputPath": request["TensorBoardOutputConfig"]["S3OutputPath"],
     }
     assert (job_dir / "input" / "data" / "config" / "demo.yaml").read_text() == DEMO_CONFIG.read_text()
     assert request["HyperParameters"]["data_url"] == "s3://b2t-local-data/data/"

@@ -91,6 +91,14 @@ def test_spot_is_the_default_with_checkpoints_and_max_wait(outputs):
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 18000, "MaxWaitTimeInSeconds": 36000}
 
 
+def test_tensorboard_files_go_to_the_jobs_output_prefix(outputs):
+    request = build(outputs)
+    assert request["TensorBoardOutputConfig"] == {
+        "S3OutputPath": f"s3://{outputs.output_bucket}/jobs/{request['TrainingJobName']}/tensorboard/",
+        "LocalPath": "/opt/ml/output/tensorboard",
+    }
+
+
 def test_spot_without_checkpoints_is_refused(outputs):
     with pytest.raises(UsageError, match="managed spot needs checkpoints"):
         build(outputs, checkpoints=False)
@@ -249,7 +257,7 @@ def trainer_lines() -> list[str]:
     sink = MetricsSink(None, stream=out)
     sink.emit("train", 199, {"train_loss": 1.2345, "lr": 1e-05, "lr_day": 0.005, "grad_norm": 0.81,
                              "sec_per_batch": 0.0412})
-    sink.emit("val", 1999, {"val_loss": 0.9876, "val_PER": 0.2345})
+    sink.emit("val", 1999, {"val_loss": 0.9876, "val_PER": 0.2345, "best_val_PER": 0.2, "val_seconds": 12.5})
     sink.emit("val", 1999, {"val_PER": 0.21}, session="t15.2023.08.13")
     return out.getvalue().splitlines()
 
@@ -270,7 +278,8 @@ def test_metric_regexes_match_the_trainers_lines():
                 found.setdefault(d["Name"], []).append(float(m.group(1)))
     assert found == {
         "train_loss": [1.2345], "lr": [1e-05], "lr_day": [0.005], "grad_norm": [0.81],
-        "sec_per_batch": [0.0412], "val_loss": [0.9876], "val_PER": [0.2345],
+        "sec_per_batch": [0.0412], "val_loss": [0.9876], "val_PER": [0.2345], "best_val_PER": [0.2],
+        "val_seconds": [12.5],
     }  # the per-session line is not mistaken for the overall val_PER
 
 

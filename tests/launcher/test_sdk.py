@@ -39,6 +39,7 @@ def requests(monkeypatch):
         ("EnableManagedSpotTraining",),
         ("StoppingCondition",),
         ("CheckpointConfig",),
+        ("TensorBoardOutputConfig",),
         ("OutputDataConfig", "S3OutputPath"),
         ("HyperParameters",),
         ("InputDataConfig",),

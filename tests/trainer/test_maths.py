@@ -19,6 +19,7 @@ from trainer.metrics import (
     edit_distance,
     greedy_decode,
     metric_definitions,
+    parse_metric_line,
     to_phonemes,
 )
 from trainer.schedule import cosine_factor, learning_rates, linear_factor
@@ -117,7 +118,7 @@ def test_metric_lines_match_definitions(tmp_path, capsys):
     sink = MetricsSink(tmp_path / "metrics.jsonl")
     sink.emit("train", 200, {"train_loss": 1.23456789, "lr": 4e-05, "lr_day": 0.005, "grad_norm": 12.5,
                              "sec_per_batch": 0.25})
-    sink.emit("val", 2000, {"val_loss": 0.5, "val_PER": 0.125})
+    sink.emit("val", 2000, {"val_loss": 0.5, "val_PER": 0.125, "best_val_PER": 0.1, "val_seconds": 3.5})
     sink.emit("val_session", 2000, {"val_PER": 0.9}, session="t15.2023.08.13")
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "METRIC step=200 train_loss=1.23457 lr=4e-05 lr_day=0.005 grad_norm=12.5 sec_per_batch=0.25"
@@ -128,9 +129,17 @@ def test_metric_lines_match_definitions(tmp_path, capsys):
             if m:
                 found.setdefault(d["Name"], []).append(float(m.group(1)))
     assert found == {"train_loss": [1.23457], "lr": [4e-05], "lr_day": [0.005], "grad_norm": [12.5],
-                     "sec_per_batch": [0.25], "val_loss": [0.5], "val_PER": [0.125]}
+                     "sec_per_batch": [0.25], "val_loss": [0.5], "val_PER": [0.125], "best_val_PER": [0.1],
+                     "val_seconds": [3.5]}
     assert set(found) == set(METRIC_NAMES)
     records = [__import__("json").loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records] == ["train", "val", "val_session"]
     assert records[2]["session"] == "t15.2023.08.13" and records[1]["val_PER"] == 0.125
     assert not math.isnan(records[0]["lr"])
+    # a printed line parses back into its record (what `status` and `plot` read from a job's log)
+    parsed = [parse_metric_line(line) for line in out]
+    assert parsed[0]["kind"] == "train" and parsed[0]["train_loss"] == 1.23457 and parsed[0]["step"] == 200
+    assert parsed[1] == {"kind": "val", "step": 2000, "val_loss": 0.5, "val_PER": 0.125, "best_val_PER": 0.1,
+                         "val_seconds": 3.5}
+    assert parsed[2] == {"kind": "val_session", "step": 2000, "session": "t15.2023.08.13", "val_PER": 0.9}
+    assert parse_metric_line("2026-12-01 INFO trainer: METRIC step=1") is None

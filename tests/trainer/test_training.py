@@ -55,7 +55,7 @@ def test_train_evaluate_and_outputs(tiny_data, tmp_path, capsys):
 
     # the model: best weights, config and sessions, loadable without training internals
     assert sorted(p.name for p in (out / "model").iterdir()) == [
-        "config.yaml", "final_model.pt", "model.pt", "sessions.json"]
+        "config.yaml", "curves.png", "final_model.pt", "model.pt", "sessions.json"]
     trained = load_model(out / "model")
     assert trained.sessions == ["t15.2023.08.11", "t15.2023.08.13", "t15.2023.08.15"]
     assert trained.info["weights"] == "best" and trained.config.model.n_units == 16

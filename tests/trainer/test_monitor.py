@@ -1,0 +1,119 @@
+"""What a run reports besides METRIC lines: progress, TensorBoard event files, curves.png, honest timings."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+import pytest
+
+from trainer.__main__ import main
+from trainer.metrics import MetricsSink, read_metrics
+from trainer.monitor import Monitor
+
+from tests.trainer.trainer_helpers import set_args, tiny_overrides
+
+SLOW_VALIDATION_S = 1.5
+
+
+@pytest.fixture(scope="module")
+def slow_val_run(tiny_data, tmp_path_factory):
+    """A tiny run whose validation passes take an extra SLOW_VALIDATION_S seconds each."""
+    from trainer import train as train_module
+
+    real = train_module.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(SLOW_VALIDATION_S)
+        return real(*args, **kwargs)
+
+    out = tmp_path_factory.mktemp("monitored") / "run"
+    patch = pytest.MonkeyPatch()
+    patch.setattr(train_module, "evaluate", slow_evaluate)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)  # as in a job (pytest's handlers keep basicConfig from setting it)
+    try:
+        code = main(["--data", str(tiny_data), "--output", str(out), *set_args(tiny_overrides(tiny_data))])
+    finally:
+        root.setLevel(level)
+        patch.undo()
+    assert code == 0
+    return out, (out / "training_log").read_text()
+
+
+def test_sec_per_batch_counts_training_batches_only(slow_val_run):
+    out, _ = slow_val_run
+    records = read_metrics(out / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val"]
+    # batches_per_train_log=1, validation after batches 0, 5, 10, 11: the batches right after a
+    # validation would carry its SLOW_VALIDATION_S if the interval were measured wall to wall
+    assert len(train) == 12 and all(r["sec_per_batch"] < SLOW_VALIDATION_S for r in train)
+    assert len(val) == 4 and all(r["val_seconds"] >= SLOW_VALIDATION_S for r in val)
+    assert [r["best_val_PER"] for r in val] == [min(v["val_PER"] for v in val[: i + 1]) for i in range(len(val))]
+
+
+def test_job_progress_is_a_periodic_log_line(slow_val_run):
+    _, log = slow_val_run
+    lines = [line.split(": ", 1)[1] for line in log.splitlines() if "trainer.monitor: progress: " in line]
+    assert len(lines) >= 4  # after each validation, and at the end
+    assert lines[-1].startswith("progress: 12/12 batches (100%), ")
+    assert "batches/s" in lines[-1] and "ETA 00:00" in lines[-1] and "loss=" in lines[-1] and "val_PER=" in lines[-1]
+
+
+def test_tensorboard_event_files_hold_every_scalar(slow_val_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = slow_val_run
+    (events,) = (out / "tensorboard").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss/train", "loss/val", "lr/main", "lr/day", "train/grad_norm", "time/sec_per_batch",
+            "PER/val", "PER/best_val", "time/val_seconds", "PER_session/t15.2023.08.11"} <= tags
+    assert [e.step for e in acc.Scalars("PER/val")] == [0, 5, 10, 11]
+    val = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "val"]
+    assert [e.value for e in acc.Scalars("PER/val")] == pytest.approx([r["val_PER"] for r in val])
+
+
+def test_curves_png_is_written_next_to_the_model(slow_val_run):
+    from PIL import Image
+
+    out, _ = slow_val_run
+    with Image.open(out / "model" / "curves.png") as image:
+        assert image.format == "PNG" and image.size == (1200, 450)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_a_tqdm_bar_shows_progress_loss_and_per(tmp_path, monkeypatch):
+    screen = Terminal()
+    monkeypatch.setattr("sys.stderr", screen)
+    monitor = Monitor(MetricsSink(tmp_path / "metrics.jsonl", stream=io.StringIO()), total=10)
+    assert monitor.interactive
+    monitor.start(0)
+    for step in range(1, 5):
+        monitor.batch_done(step)
+    monitor.emit("train", 3, {"train_loss": 2.5, "sec_per_batch": 0.1})
+    monitor.emit("val", 3, {"val_loss": 2.0, "val_PER": 0.75})
+    monitor.batch_done(5)
+    monitor.close()
+    text = screen.getvalue().split("\r")[-1]
+    assert "5/10" in text and "batches/s" in text and "loss=2.5" in text and "val_PER=0.75" in text
+
+
+def test_a_disabled_monitor_reports_nothing(tmp_path, capsys):
+    monitor = Monitor(MetricsSink(tmp_path / "metrics.jsonl"), total=10, tensorboard_dir=tmp_path / "tb",
+                      enabled=False)
+    monitor.start(0)
+    monitor.emit("train", 0, {"train_loss": 1.0})
+    monitor.batch_done(1)
+    monitor.close()
+    assert monitor.write_curves(tmp_path / "curves.png") is None
+    assert capsys.readouterr().out == "" and not (tmp_path / "metrics.jsonl").exists()
+    assert not (tmp_path / "tb").exists()
