@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -57,7 +58,7 @@ def load_runs(names: list[str], runs_dir: Path, args: Optional[argparse.Namespac
                 raise UsageError(str(e)) from None
             runs.append((_label(path) or name, records))
             continue
-        if args is None:
+        if args is None or not re.fullmatch(r"[A-Za-z0-9-]+", name):  # not a job name (SageMaker's pattern)
             raise UsageError(f"{name}: no such run folder or metrics.jsonl (nor under {runs_dir})")
         if cloud is None:
             from . import connect
