@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -99,7 +100,7 @@ class Monitor:
 
         if self.tensorboard_dir is not None and self._writer is None:
             self._writer = open_tensorboard(self.tensorboard_dir)
-        self._bar = tqdm(total=self.total, initial=step, unit=" batches", smoothing=0.1, dynamic_ncols=True,
+        self._bar = tqdm(total=self.total, initial=step, unit="batch", smoothing=0.1, dynamic_ncols=True,
                          file=sys.stderr if self.interactive else _Discard(), mininterval=0.5)
         if self.interactive:
             from tqdm.contrib.logging import logging_redirect_tqdm
@@ -148,7 +149,9 @@ class Monitor:
         from .curves import PlotUnavailable, plot_runs
 
         try:
-            plot_runs([(path.parent.name or "run", read_metrics(self.sink.path))], path)
+            # the legend names the job (SageMaker sets TRAINING_JOB_NAME), else the output folder
+            label = os.environ.get("TRAINING_JOB_NAME") or self.sink.path.parent.name or "run"
+            plot_runs([(label, read_metrics(self.sink.path))], path)
         except PlotUnavailable as e:
             log.info("no %s: %s", path.name, e)
             return None

@@ -69,20 +69,15 @@ def stream(aws, outputs, job: str, *, follow: bool, poll_s: float = 5.0, tail: O
         print(f"{ui.log_time(event['timestamp'])}  {text}" if timestamps else text, flush=True)
 
     printed = 0
-    boundary: set[tuple[int, str]] = set()
     if tail is not None:
         newest = jobs.tail_events(aws, group, job, tail, start_ms)
         for event in newest:
             show(event)
         printed += len(newest)
-        if newest:  # --follow goes on from the last line shown
-            start_ms = newest[-1]["timestamp"]
-            boundary = {(e["timestamp"], e["message"]) for e in newest if e["timestamp"] == start_ms}
+        if newest:  # --follow goes on after the last line shown (its millisecond included)
+            start_ms = newest[-1]["timestamp"] + 1
     if tail is None or follow:
         for event in jobs.follow_events(aws, group, job, follow=follow, poll_s=poll_s, start_ms=start_ms):
-            if (event["timestamp"], event["message"]) in boundary:
-                boundary.discard((event["timestamp"], event["message"]))
-                continue
             show(event)
             printed += 1
     if not printed and not follow:

@@ -118,6 +118,13 @@ def test_logs_tail_prints_the_newest_lines_with_timestamps(long_running_job, cli
         assert text == message
 
 
+def test_logs_tail_then_follow_shows_each_line_once(deployed, submit, cli):
+    job = submit()
+    put_log(deployed, job, ["a", "b", "c"], step_ms=1)
+    code, out, _ = cli("logs", job, "--tail", "2", "--follow", "--poll", "0", "--no-timestamps")
+    assert code == 0 and out.splitlines() == ["b", "c", f"-- {job}: Completed"]
+
+
 def test_logs_since_leaves_out_older_lines(deployed, submit, cli):
     job = submit()
     now = dt.datetime.now(dt.timezone.utc)
