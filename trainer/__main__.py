@@ -104,15 +104,18 @@ def run(argv: Sequence[str], env=os.environ) -> int:
         return EXIT_OK
     from .train import COMPLETED, EARLY_STOPPED, train
 
-    handler = log_to_file(spec.paths.output_dir)
-    stop = StopFlag()
-    previous = stop.install()
-    try:
-        result = train(cfg, spec.paths, should_stop=stop)
-    finally:
-        stop.uninstall(previous)
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+    from .checkpoint import output_lock
+
+    with output_lock(spec.paths.output_dir):  # one trainer per output folder
+        handler = log_to_file(spec.paths.output_dir)
+        stop = StopFlag()
+        previous = stop.install()
+        try:
+            result = train(cfg, spec.paths, should_stop=stop, start_fresh=spec.start_fresh)
+        finally:
+            stop.uninstall(previous)
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     if result.status in (COMPLETED, EARLY_STOPPED):
         print(f"done: {result.status} at step {result.step}, best val PER {result.best_val_PER:.4f}, "
               f"model {result.model_path}", flush=True)

@@ -13,19 +13,30 @@ S3; ``<output>/checkpoints`` locally):
 - ``best_checkpoint.pt``: weights and metrics of the best validation step.
 
 Every file is written to a temporary name, fsynced and renamed, so a kill at any moment
-leaves either the old or the new file. On start the newest checkpoint that loads is used;
-an unreadable one is skipped with a warning and the previous one is tried.
+leaves either the old or the new file; a write that fails (disk full, permissions) removes
+its temporary file and says which path and how many bytes it needed. On start the newest
+checkpoint that loads is used; an unreadable one is skipped with a warning and the previous
+one is tried. When checkpoints exist but none loads, the run stops (:class:`CheckpointError`
+naming them) rather than start again from step 0 and overwrite the model; ``start_fresh``
+moves them aside (``*.unreadable``) and starts from zero on purpose.
+
+One trainer per output folder: :func:`output_lock` holds an advisory lock on
+``<output>/.trainer.lock`` (holding the pid and host) for the whole run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import logging
 import os
 import random
 import re
+import shutil
+import socket
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -50,6 +61,8 @@ SESSIONS = "sessions"
 BEST_FILE = "best_checkpoint.pt"
 _PERIODIC = re.compile(r"^checkpoint_(\d{8,})\.pt$")
 _TMP_SUFFIX = ".tmp"
+UNREADABLE_SUFFIX = ".unreadable"
+LOCK_FILE = ".trainer.lock"
 
 
 class CheckpointError(RuntimeError):
@@ -61,17 +74,46 @@ def periodic_path(directory: Path, step: int) -> Path:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to ``path`` via a temp file, fsync and rename (and fsync of the directory)."""
+    """torch.save to ``path`` via a temp file, fsync and rename (and fsync of the directory).
+
+    On failure the temp file is removed and the ``OSError`` names ``path`` and the bytes needed.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + _TMP_SUFFIX)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    with open(tmp, "wb") as f:
-        f.write(buffer.getbuffer())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, buffer.getbuffer())
+
+
+def write_atomic(path: Path, data: Any) -> None:
+    """Write bytes to ``path`` through ``<path>.tmp`` (fsync, rename); nothing left behind on failure."""
+    tmp = path.with_name(path.name + _TMP_SUFFIX)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OSError(e.errno, f"{e.strerror or e}{_space_note(path, len(data))}", str(path)) from None
     _fsync_dir(path.parent)
+
+
+def _space_note(path: Path, needed: int) -> str:
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return f" (writing {_human(needed)})"
+    return f" (writing {_human(needed)}; {_human(free)} free on its filesystem)"
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -99,19 +141,62 @@ def periodic_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def load_latest(directory: Path) -> Optional[tuple[Path, dict]]:
-    """The newest periodic checkpoint that loads and has our format, or None."""
+def load_latest(directory: Path, *, start_fresh: bool = False) -> Optional[tuple[Path, dict]]:
+    """The newest periodic checkpoint that loads and has our format, or None when there is none.
+
+    Checkpoints that exist but none of which loads raise :class:`CheckpointError` (naming them):
+    starting from step 0 would overwrite the model they lead to. ``start_fresh`` moves them
+    aside as ``<name>.unreadable`` and returns None.
+    """
+    bad: list[Path] = []
     for step, path in periodic_checkpoints(directory):
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # any unreadable file is skipped: that is the point of keeping several
             log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", path, type(e).__name__, e)
+            bad.append(path)
             continue
         if not isinstance(state, dict) or state.get(FORMAT) != FORMAT_VERSION or state.get(STEP) != step:
             log.warning("checkpoint %s is not a complete b2t checkpoint; trying the previous one", path)
+            bad.append(path)
             continue
         return path, state
+    if bad and not start_fresh:
+        names = ", ".join(p.name for p in bad)
+        raise CheckpointError(
+            f"{len(bad)} checkpoint(s) in {directory} and none readable ({names}): not starting again from "
+            "step 0 over them; restore them, or start fresh on purpose (`python -m trainer --start-fresh` "
+            f"moves them aside as *{UNREADABLE_SUFFIX})"
+        )
+    for path in bad:
+        path.rename(path.with_name(path.name + UNREADABLE_SUFFIX))
+        log.warning("start fresh: moved the unreadable %s aside (%s)", path, UNREADABLE_SUFFIX)
     return None
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: Path) -> Iterator[Path]:
+    """Hold ``<output_dir>/.trainer.lock`` (pid and host inside) for one trainer at a time.
+
+    An advisory ``flock``: the kernel drops it when the holder dies, so a stale file never blocks.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise CheckpointError(
+                f"{output_dir} is in use by another trainer ({holder}; lock file {path}): wait for it "
+                "to end or stop it, or use another output folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def prune(directory: Path, keep: int) -> None:

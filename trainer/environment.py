@@ -75,6 +75,7 @@ class RunSpec:
     data_url: Optional[str] = None
     overrides: tuple[str, ...] = ()
     dry_run: bool = False
+    start_fresh: bool = False  # checkpoints that exist but none loads: move them aside, start at 0
     failure_file: Optional[Path] = None  # container mode only
     container: bool = False
     notes: list[str] = field(default_factory=list)
@@ -119,6 +120,9 @@ def parse_cli(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--output", help="output directory (default: the config's output_dir)")
     add_common_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="validate config and data index, then exit")
+    p.add_argument("--start-fresh", action="store_true",
+                   help="when checkpoints exist but none can be read, move them aside (*.unreadable) and start "
+                        "from step 0 (without it the run stops and names them)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -130,7 +134,7 @@ def spec_from_cli(args: argparse.Namespace) -> RunSpec:
         output = Path(load_config(config_path, args.overrides).output_dir)
     paths = RunPaths(output_dir=output, model_dir=output / "model", checkpoint_dir=output / "checkpoints")
     return RunSpec(config_path=config_path, paths=paths, data_url=args.data, overrides=tuple(args.overrides),
-                   dry_run=args.dry_run)
+                   dry_run=args.dry_run, start_fresh=args.start_fresh)
 
 
 # ---------------------------------------------------------------------------------------

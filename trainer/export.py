@@ -28,7 +28,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .checkpoint import MODEL_STATE, save_atomic
+from .checkpoint import MODEL_STATE, save_atomic, write_atomic
 from .config import ConfigError, TrainConfig, config_from_dict, dump_config
 from .model import GRUDecoder, clean_state_dict
 
@@ -81,8 +81,8 @@ def export_model(
     payload = {MODEL_STATE: clean_state_dict(state_dict), "model_args": model_args(model), **info}
     path = model_dir / file_name
     save_atomic(payload, path)
-    (model_dir / CONFIG_FILE).write_text(dump_config(cfg))
-    (model_dir / SESSIONS_FILE).write_text(json.dumps(list(cfg.dataset.sessions), indent=1) + "\n")
+    write_atomic(model_dir / CONFIG_FILE, dump_config(cfg).encode())
+    write_atomic(model_dir / SESSIONS_FILE, (json.dumps(list(cfg.dataset.sessions), indent=1) + "\n").encode())
     log.info("model written to %s", path)
     return path
 

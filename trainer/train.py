@@ -179,12 +179,12 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step:
     return lr, lr_day
 
 
-def setup(cfg: TrainConfig, paths: RunPaths) -> tuple[Run, Optional[dict]]:
+def setup(cfg: TrainConfig, paths: RunPaths, start_fresh: bool = False) -> tuple[Run, Optional[dict]]:
     """Everything but the data; returns the run and the checkpoint to resume from (or None)."""
     device = select_device(cfg.gpu_number)
     configure_determinism(device)
     seed_everything(cfg.seed)
-    latest = ckpt.load_latest(paths.checkpoint_dir)
+    latest = ckpt.load_latest(paths.checkpoint_dir, start_fresh=start_fresh)
     model = setup_model(cfg, init_weights=latest is None).to(device)
     optimizer = setup_optimizer(model, cfg, device)
     amp_dtype = amp_dtype_for(device, cfg.use_amp)
@@ -408,10 +408,11 @@ def train(
     paths: RunPaths,
     *,
     should_stop: Callable[[], bool] = lambda: False,
+    start_fresh: bool = False,
 ) -> RunResult:
     from .data import make_loaders
 
-    run, resumed = setup(cfg, paths)
+    run, resumed = setup(cfg, paths, start_fresh)
     p = run.progress
     train_loader, val_loader = make_loaders(cfg, start_batch=p.step)
     batches = iter(train_loader)
