@@ -90,3 +90,14 @@ class InvalidRequest(LauncherError):
 
 class AwsError(LauncherError):
     """Any other AWS refusal, reported as ``<operation>: <code>: <message>``."""
+
+
+class JobNameTaken(LauncherError):
+    """Job names are never reused: a second job of one name would overwrite the first's config."""
+
+    def __init__(self, job: str, where: str) -> None:
+        self.job = job
+        super().__init__(
+            f"job name {job!r} is taken ({where}): names are never reused, so nothing of that job is "
+            "overwritten; pick another --job-name (or leave it out for a new one)"
+        )

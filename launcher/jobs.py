@@ -19,7 +19,7 @@ from infra import outputs as keys
 
 from . import s3sync
 from .aws import Aws, aws_errors, error_code
-from .errors import ImageNotPushed, JobNotFound, LauncherError, MissingSessions, NoImage
+from .errors import ImageNotPushed, JobNameTaken, JobNotFound, LauncherError, MissingSessions, NoImage
 from .stack import StackOutputs
 
 log = logging.getLogger(__name__)
@@ -106,12 +106,51 @@ def find_image(aws: Aws, outputs: StackOutputs, tag: Optional[str]) -> tuple[str
     return image_tag(image), image
 
 
-def upload_config(aws: Aws, config_uri: str, config_file: str, text: str) -> str:
-    bucket, prefix = s3sync.split_s3_url(config_uri)
-    key = prefix + config_file
-    with aws_errors(f"uploading the config to s3://{bucket}/{key}"):
-        aws.s3.put_object(Bucket=bucket, Key=key, Body=text.encode(), ContentType="application/x-yaml")
-    return f"s3://{bucket}/{key}"
+def check_name_free(aws: Aws, outputs: StackOutputs, name: str) -> None:
+    """:class:`JobNameTaken` when ``name`` is a SageMaker job or has objects under ``jobs/<name>/``
+    or ``checkpoints/<name>/`` in the output bucket (moto and a deleted job leave only the latter)."""
+    from .request import checkpoint_uri, output_path
+
+    try:
+        status = describe(aws, name)["TrainingJobStatus"]
+    except JobNotFound:
+        pass
+    else:
+        raise JobNameTaken(name, f"a SageMaker training job, {status}")
+    for uri in (f"{output_path(outputs)}{name}/", checkpoint_uri(outputs, name)):
+        if first_object(aws, uri):
+            raise JobNameTaken(name, f"{uri} holds objects")
+
+
+def first_object(aws: Aws, uri: str) -> Optional[str]:
+    """The first key under ``uri``, or None."""
+    bucket, prefix = s3sync.split_s3_url(uri)
+    with aws_errors(f"listing {uri}"):
+        found = aws.s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("Contents", [])
+    return found[0]["Key"] if found else None
+
+
+def put_new(aws: Aws, uri: str, body: bytes, taken: Exception, content_type: str = "application/octet-stream") -> str:
+    """Create ``uri`` only if no object is there (a conditional write, ``If-None-Match: *``),
+    so two launchers racing for one name cannot overwrite each other; ``taken`` is raised if one is.
+    (Amazon S3 User Guide, "How to prevent object overwrites with conditional writes".)"""
+    from botocore.exceptions import ClientError
+
+    bucket, key = s3sync.split_s3_url(uri)
+    with aws_errors(f"uploading {uri}"):
+        try:
+            aws.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*")
+        except ClientError as e:
+            if error_code(e) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise taken from None
+            raise
+    return uri
+
+
+def upload_config(aws: Aws, config_uri: str, config_file: str, text: str, job: str = "") -> str:
+    """The job's config, written once: an object already there means the job name was used."""
+    uri = config_uri + config_file
+    return put_new(aws, uri, text.encode(), JobNameTaken(job or uri, f"{uri} exists"), "application/x-yaml")
 
 
 def submit(aws: Aws, request: dict[str, Any]) -> str:

@@ -72,6 +72,10 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     image: Optional[dict] = None  # its ECR image detail, once looked up
     image_newest: bool = False  # chosen as the newest pushed (no --image-tag)
+    image_missing: bool = False  # dry run before any image was pushed: the tag `image --run` would push
+    # (uri, body, error if it exists): objects created with a conditional write before the
+    # config, e.g. `resume`'s lineage entry
+    claims: list[tuple[str, bytes, Exception]] = field(default_factory=list)
 
     @property
     def job_name(self) -> str:
@@ -192,6 +196,20 @@ def plan_with_image(aws: Any, opts: StartOptions, loaded: LoadedConfig, outputs:
     return result
 
 
+def plan_without_image(opts: StartOptions, loaded: LoadedConfig, outputs: StackOutputs, **kw: Any) -> Plan:
+    """For a dry run before any image is pushed: the tag `image --run` would push from here."""
+    from .commands.image import default_tag
+
+    tag, source = default_tag()
+    result = plan(opts, loaded, outputs, image_tag=tag, **kw)
+    result.image_missing = True
+    result.notes.append(
+        f"no image in {outputs.ecr_repository_name} yet: this is the tag `python -m launcher image --run` "
+        f"would push from this checkout ({source}); submitting needs an image pushed"
+    )
+    return result
+
+
 def summary_lines(
     p: Plan, *, sessions_ok: Optional[int] = None, image: Optional[dict] = None, cost: bool = True
 ) -> list[str]:
@@ -251,7 +269,7 @@ def upload_channel(aws: Any, p: Plan) -> None:
 
     uri = p.request["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
     for name, text in channel_files(p.spec, p.loaded.text).items():
-        upload_config(aws, uri, name, text)
+        upload_config(aws, uri, name, text, p.job_name)  # written once: a second write means a reused name
 
 
 def next_commands(prog: str, job: str) -> list[str]:

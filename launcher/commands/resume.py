@@ -9,6 +9,7 @@ from . import add_aws_args, connect, job_command_parser, job_name
 EXAMPLES = """
 python -m launcher resume b2t-rnn-args-20261129-101500 -y
 python -m launcher resume b2t-rnn-args-20261129-101500 --on-demand --max-run 12
+python -m launcher resume b2t-rnn-args-20261129-101500 --num-training-batches 240000   # a Completed job, further
 """
 
 
@@ -16,8 +17,12 @@ def add_parser(sub) -> None:
     p = job_command_parser(
         sub, "resume", "continue a stopped or failed job from its checkpoints", EXAMPLES,
         "Submit a new job with the first job's config, overrides, data and image, pointed at the same "
-        "checkpoint S3 prefix so the trainer restores the latest checkpoint",
+        "checkpoint S3 prefix so the trainer restores the latest checkpoint. The jobs sharing a checkpoint "
+        "prefix form a lineage: only its newest job can be resumed, never while one of it runs, and a "
+        "Completed job only with --num-training-batches above its own",
     )
+    p.add_argument("--num-training-batches", type=int, metavar="N",
+                   help="train up to N batches in all (needed to resume a Completed job)")
     p.add_argument("--job-name", help="name of the new job (default: <prefix>-<config>-<time>)")
     p.add_argument("--instance-type", help="default: the first job's")
     p.add_argument("--on-demand", action="store_true", help="on-demand instead of managed spot")
@@ -45,5 +50,6 @@ def run(args: argparse.Namespace) -> int:
         on_demand=args.on_demand,
         max_run_hours=args.max_run,
         image_tag=args.image_tag,
+        num_training_batches=args.num_training_batches,
     )
     return submit_plan(aws, plan, dry_run=args.dry_run, yes=args.yes, wait=args.wait)

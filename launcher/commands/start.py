@@ -97,7 +97,14 @@ def run(args: argparse.Namespace) -> int:
     from . import connect
 
     aws, outputs = connect(args)
-    plan = launch.plan_with_image(aws, opts, loaded, outputs)
+    from launcher.errors import NoImage
+
+    try:
+        plan = launch.plan_with_image(aws, opts, loaded, outputs)
+    except NoImage:
+        if not args.dry_run:
+            raise
+        plan = launch.plan_without_image(opts, loaded, outputs)
     return submit_plan(aws, plan, dry_run=args.dry_run, yes=args.yes, wait=args.wait)
 
 
@@ -105,7 +112,9 @@ def submit_plan(aws, plan, *, dry_run: bool, yes: bool, wait: bool) -> int:
     """Pre-flight, summary, confirmation, submission; shared by `start` and `resume`."""
     from launcher import jobs, launch, ui
 
-    image = plan.image or jobs.check_image(aws, plan.outputs, plan.spec.image_tag)
+    # Every check before anything is written: a refused job leaves S3 as it was.
+    jobs.check_name_free(aws, plan.outputs, plan.job_name)
+    image = plan.image or (None if plan.image_missing else jobs.check_image(aws, plan.outputs, plan.spec.image_tag))
     jobs.check_sessions(aws, plan.request["HyperParameters"]["data_url"], list(plan.loaded.config.dataset.sessions))
     print("\n".join(launch.summary_lines(plan, sessions_ok=len(plan.loaded.config.dataset.sessions), image=image)))
     if dry_run:
@@ -115,6 +124,8 @@ def submit_plan(aws, plan, *, dry_run: bool, yes: bool, wait: bool) -> int:
     if not yes and not ui.confirm("\nSubmit this job?"):
         print("not submitted")
         return 1
+    for uri, body, taken in plan.claims:
+        jobs.put_new(aws, uri, body, taken, "application/json")
     launch.upload_channel(aws, plan)
     arn = jobs.submit(aws, plan.request)
     print(f"\nsubmitted {plan.job_name}\n  {arn}")
