@@ -28,6 +28,20 @@ _CREDENTIAL_CODES = {
 }
 
 
+CONNECT_TIMEOUT_S = 3
+MAX_ATTEMPTS = 3  # standard mode: the first try and two retries, ~3 s of backoff at most
+
+
+def check_region(session, region: str) -> None:
+    """A region name no AWS partition knows (``moon-1``) is a typo: say so before any call."""
+    from botocore.exceptions import UnknownRegionError
+
+    try:
+        session.get_partition_for_region(region)
+    except UnknownRegionError:
+        raise UsageError(f"region {region!r} is not an AWS region name (e.g. us-east-1): check --region / AWS_REGION") from None
+
+
 class Aws:
     """One botocore session and its clients, created on first use."""
 
@@ -50,8 +64,15 @@ class Aws:
             resolved = region or os.environ.get("AWS_REGION") or self.session.get_config_variable("region")
         if not resolved:
             raise UsageError("no AWS region configured: pass --region REGION or set AWS_REGION")
+        check_region(self.session, resolved)
         self.region: str = resolved
-        self._config = Config(retries={"mode": "standard", "max_attempts": 5}, user_agent_extra="b2t-launcher")
+        # An endpoint that cannot be reached fails within seconds, naming it (aws_errors), rather
+        # than after botocore's defaults (60 s connect timeout, backoff up to 20 s per retry).
+        self._config = Config(
+            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            connect_timeout=CONNECT_TIMEOUT_S,
+            user_agent_extra="b2t-launcher",
+        )
         self._endpoint_url = endpoint_url  # local mode's S3 endpoint; else boto3's own resolution
         self._clients: dict[str, Any] = {}
 

@@ -43,11 +43,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def bad_number(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Optional[str]:
+    """Every number a launcher flag takes is a count, a size or a duration: finite and above 0."""
+    import math
+
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    for action in command._actions:
+        value = getattr(args, action.dest, None)
+        if action.type in (int, float) and value is not None and not (math.isfinite(value) and value > 0):
+            return f"{'/'.join(action.option_strings)}: must be a number above 0, got {value:g}"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    problem = bad_number(parser, args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.verbose:
         _log_to_stderr()
+    try:
+        return _run(args)
+    except BrokenPipeError:
+        # The reader went away (`logs JOB | head -1`): stop quietly, as `cat` would. Python's
+        # documentation, "Note on SIGPIPE": point stdout at devnull so that the flush at exit
+        # does not raise again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a reader that stopped early
+
+
+def _run(args: argparse.Namespace) -> int:
     from trainer.config import ConfigError
 
     from .errors import LauncherError

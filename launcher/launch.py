@@ -91,19 +91,14 @@ def load(path: Optional[Path], overrides: tuple[str, ...], default: Optional[Pat
         raise UsageError("start needs --config FILE (e.g. --config trainer/configs/rnn_args.yaml)")
     raw = read_config_file(path)
     cfg = config_from_dict(raw, overrides)
-    return LoadedConfig(file_name=path.name, source=str(path), text=path.read_text(), config=cfg)
+    return LoadedConfig(file_name=path.name, source=str(path), text=path.read_text(encoding="utf-8"), config=cfg)
 
 
 def load_text(text: str, file_name: str, source: str, overrides: tuple[str, ...]) -> LoadedConfig:
     """Validate a config held in memory (`resume` reads the first job's from S3)."""
-    import yaml
+    from trainer.config import config_from_dict, parse_config_text
 
-    from trainer.config import ConfigError, config_from_dict
-
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError("", f"{source}: not valid YAML ({e})") from None
+    raw = parse_config_text(text, source)
     return LoadedConfig(file_name=file_name, source=source, text=text, config=config_from_dict(raw, overrides))
 
 

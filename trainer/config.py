@@ -11,6 +11,7 @@ moved between the reference trainer and this one.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union
 
@@ -183,6 +184,8 @@ class DatasetConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "DatasetConfig":
         n = len(self.sessions)
+        if n == 0:
+            raise ValueError("sessions: required: list the session folders to train on")
         if len(set(self.sessions)) != n:
             dup = sorted({s for s in self.sessions if self.sessions.count(s) > 1})
             raise ValueError(f"sessions: listed twice: {', '.join(dup)}")
@@ -199,6 +202,12 @@ class DatasetConfig(_Strict):
         for d in self.must_include_days or ():
             if not -n <= d < n:
                 raise ValueError(f"must_include_days: day index {d} is outside the {n} sessions")
+        days = [d % n for d in self.must_include_days or ()]
+        if len(set(days)) != len(days):
+            raise ValueError(
+                f"must_include_days: {self.must_include_days} names one session twice (negative indices count "
+                "from the end): a batch draws distinct sessions"
+            )
         if self.must_include_days and len(self.must_include_days) > self.days_per_batch:
             raise ValueError("must_include_days: more days than days_per_batch")
         if self.feature_subset is not None:
@@ -383,7 +392,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not key:
         raise ConfigError(key or item, f"override must look like dotted.key=value, got {item!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(key, f"value is not valid YAML: {e.problem if hasattr(e, 'problem') else e}") from e
     return key.split("."), value
@@ -412,25 +421,77 @@ def config_from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> T
         raise _format_error(e) from None
 
 
-def read_config_file(path: Union[str, Path]) -> dict:
-    path = Path(path)
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with two changes for configs people write by hand:
+
+    - a key given twice in one mapping is an error (YAML would silently keep the last);
+    - ``5e-3`` / ``1E5`` are floats: YAML 1.1 (PyYAML) needs a dot (``5.0e-3``) and would read
+      them as strings, YAML 1.2 and most users do not.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKey(key, seen[key], line)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, again: int):
+        self.key, self.first, self.again = key, first, again
+        super().__init__(f"key {key!r} on line {again} was already given on line {first}")
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML as configs are read everywhere (files, ``--set`` values, a job's config from S3)."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def parse_config_text(text: str, source: Union[str, Path]) -> dict:
+    """A config's text as a mapping; :class:`ConfigError` naming ``source`` (and the line) if it is not one."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError("", f"config file not found: {path}") from None
-    except OSError as e:
-        raise ConfigError("", f"cannot read config file {path}: {e.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
+        raw = parse_yaml(text)
+    except DuplicateKey as e:
+        raise ConfigError("", f"{source} line {e.again}: key {e.key!r} is given twice (also on line {e.first}); "
+                          "keep one") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError("", f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError("", f"{source}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError("", f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError("", f"{source}: the top level must be a mapping of keys, got {type(raw).__name__}")
     return raw
+
+
+def read_config_file(path: Union[str, Path]) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError("", f"{path} is a folder, not a config file") from None
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError("", f"{path}: not a YAML text file (byte {e.start} is not UTF-8)") from None
+    return parse_config_text(text, path)
 
 
 def find_config(name: Union[str, Path, None]) -> Path:

@@ -165,8 +165,12 @@ def test_patch_larger_than_input():
     cfg = load_config(REFERENCE_CONFIG)  # patch 14, random cut up to 2
     check_patch_fits(cfg, 16)
     with pytest.raises(ConfigError) as info:
-        check_patch_fits(cfg, 15)
+        check_patch_fits(cfg, 13)
     assert info.value.key == "model.patch_size"
+    with pytest.raises(ConfigError) as info:  # long enough, but not after the largest cut: the cut is named
+        check_patch_fits(cfg, 15)
+    assert str(info.value) == ("dataset.data_transforms.random_cut: 3 may cut the shortest trial in the data "
+                               "(15 bins) below one patch of model.patch_size 14 bins; at most 2 fits")
 
 
 @pytest.mark.parametrize(

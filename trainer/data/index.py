@@ -131,6 +131,8 @@ def _trial(f: h5py.File, key: str, url: str, size: int) -> Trial:
     feats = fields["input_features"]
     if len(feats.shape) != 2 or np.dtype(feats.dtype).kind != "f":
         raise trial_error(url, key, f"input_features must be a 2-D float array, got {feats.dtype} {feats.shape}")
+    if attrs["n_time_steps"] < 1:
+        raise trial_error(url, key, "n_time_steps is 0: the trial holds no neural data")
     if feats.shape[0] != attrs["n_time_steps"]:
         raise trial_error(url, key, f"n_time_steps is {attrs['n_time_steps']} but input_features has {feats.shape[0]} rows")
     for name in [n for n in ("seq_class_ids", "transcription", PHONEME_FIELD) if n in fields]:
