@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -50,9 +51,23 @@ class CostEstimate:
 
     @property
     def estimated_usd(self) -> Optional[float]:
+        """The whole run, however long --max-run lets it go."""
         if self.usd_per_hour is None or self.estimated_hours is None:
             return None
-        return self.usd_per_hour * min(self.estimated_hours, self.max_hours)
+        return self.usd_per_hour * self.estimated_hours
+
+    @property
+    def past_max_run(self) -> bool:
+        """The estimate says --max-run stops the job before its last batch."""
+        return self.estimated_hours is not None and self.estimated_hours > self.max_hours
+
+    @property
+    def capped_usd(self) -> Optional[float]:
+        """What the job costs at most given --max-run: the whole run, or --max-run's worth if shorter."""
+        if self.usd_per_hour is None:
+            return None
+        hours = self.max_hours if self.estimated_hours is None else min(self.estimated_hours, self.max_hours)
+        return self.usd_per_hour * hours
 
     def lines(self) -> list[str]:
         """The summary's cost lines (labels padded like the rest of the summary)."""
@@ -65,17 +80,30 @@ class CostEstimate:
         out = [f"cost:        {rate} ({src})"]
         if self.estimated_usd is not None:
             out.append(
-                f"{pad}≈ ${self.estimated_usd:,.2f} for an estimated {_duration(self.estimated_hours)} of training "
-                "(rough: table step time × batches + 10% validation)"
+                f"{pad}≈ ${self.estimated_usd:,.2f} for the whole run, an estimated {_duration(self.estimated_hours)} "
+                "of training (rough: table step time × batches + 10% validation)"
             )
-        out.append(f"{pad}at most ${self.max_usd:,.2f} if it runs the full --max-run {self.max_hours:g} h")
-        if self.estimated_hours is not None and self.estimated_hours > self.max_hours:
-            out.append(f"{pad}warning: the estimate exceeds --max-run; the job may stop before its last batch "
-                       "(raise --max-run, or `resume` it from its checkpoints)")
+        if self.past_max_run:
+            out.append(f"{pad}--max-run {self.max_hours:g} h stops it before its last batch, at ≈ "
+                       f"${self.capped_usd:,.2f} (the rest: `resume` from its checkpoints)")
+        else:
+            out.append(f"{pad}at most ${self.max_usd:,.2f} if it runs the full --max-run {self.max_hours:g} h")
         if self.spot:
             out.append(f"{pad}managed spot: billed only for the spot time used, usually well below these "
                        "on-demand figures; `status` reports the real saving")
         return out
+
+    def check_fits(self, accept_cut: bool) -> None:
+        """Refuse a run estimated past --max-run unless the cut is accepted (``UsageError``)."""
+        from .errors import UsageError
+
+        if self.past_max_run and not accept_cut:
+            need = math.ceil(self.estimated_hours * 1.2)
+            raise UsageError(
+                f"the run is estimated at {_duration(self.estimated_hours)}, past --max-run {self.max_hours:g} h, "
+                f"which would stop it before its last batch: raise --max-run (e.g. --max-run {need}), or pass "
+                "--accept-cut to stop there and `resume` it later"
+            )
 
 
 def _duration(hours: Optional[float]) -> str:

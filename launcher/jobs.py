@@ -46,6 +46,40 @@ def check_sessions(aws: Aws, data_url: str, sessions: list[str]) -> None:
         raise MissingSessions(data_url, missing)
 
 
+def check_validation_files(aws: Aws, data_url: str, cfg: Any) -> None:
+    """Validation needs a ``data_val.hdf5`` in a session whose ``dataset_probability_val`` is above 0
+    (else the job trains blind and ends with "best val PER inf")."""
+    from trainer.checks import empty_validation
+
+    bucket, prefix = s3sync.split_s3_url(data_url)
+    with aws_errors(f"listing {data_url}"):
+        present = s3sync.list_objects(aws.s3, bucket, prefix)
+    sessions = list(cfg.dataset.sessions)
+    if any(f"{prefix}{s}/data_val.hdf5" in present and cfg.dataset.val_probability(d) > 0
+           for d, s in enumerate(sessions)):
+        return
+    raise empty_validation(cfg, data_url)
+
+
+def check_init_checkpoint(aws: Aws, cfg: Any) -> None:
+    """An ``s3://`` ``init_checkpoint_path`` must exist (a local one: :mod:`launcher.preflight`)."""
+    from botocore.exceptions import ClientError
+
+    from .errors import UsageError
+
+    url = str(cfg.init_checkpoint_path or "")
+    if not cfg.init_from_checkpoint or not url.startswith("s3://"):
+        return
+    bucket, key = s3sync.split_s3_url(url)
+    with aws_errors(f"looking up init_checkpoint_path {url}"):
+        try:
+            aws.s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as e:
+            if error_code(e) in ("404", "NoSuchKey", "NotFound"):
+                raise UsageError(f"init_checkpoint_path: no object at {url}") from None
+            raise
+
+
 def check_image(aws: Aws, outputs: StackOutputs, tag: str) -> dict[str, Any]:
     """The ECR image detail of ``tag``; :class:`ImageNotPushed` when the tag is absent."""
     from botocore.exceptions import ClientError
@@ -362,13 +396,19 @@ class Download:
 
 
 def download(
-    aws: Aws, job: str, dest: Path, *, checkpoints: bool = False, progress: Optional[bool] = None
+    aws: Aws, job: str, dest: Path, *, checkpoints: bool = False, progress: Optional[bool] = None,
+    force: bool = False,
 ) -> Download:
-    """Model artifact and output archive extracted under ``dest/<job>/``; checkpoints optionally."""
+    """Model artifact and output archive extracted under ``dest/<job>/``; checkpoints optionally.
+
+    Nothing is overwritten without ``force``: a ``dest/<job>/`` that holds files is refused
+    before anything is downloaded. A job with nothing in S3 is an error saying so.
+    """
     desc = describe(aws, job)
-    if desc["TrainingJobStatus"] in ("InProgress", "Stopping") and not checkpoints:
+    status = desc["TrainingJobStatus"]
+    if status in ("InProgress", "Stopping") and not checkpoints:
         raise LauncherError(
-            f"job {job} is {desc['TrainingJobStatus']}: its model is written when it ends "
+            f"job {job} is {status}: its model is written when it ends "
             "(wait, or pass --checkpoints for the checkpoints saved so far)"
         )
     job_dir = Path(dest) / job
@@ -376,25 +416,44 @@ def download(
     model_uri = desc.get("ModelArtifacts", {}).get("S3ModelArtifacts", "")
     archives = []
     if model_uri:
-        archives.append((model_uri, job_dir / "model"))
-        archives.append((model_uri.rsplit("/", 1)[0] + "/output.tar.gz", job_dir / "output"))
-    for uri, target in archives:
-        bucket, key = s3sync.split_s3_url(uri)
-        with aws_errors(f"downloading {uri}"):
-            objs = s3sync.list_objects(aws.s3, bucket, key)
-            if key not in objs:
+        for uri, target in ((model_uri, job_dir / "model"),
+                            (model_uri.rsplit("/", 1)[0] + "/output.tar.gz", job_dir / "output")):
+            bucket, key = s3sync.split_s3_url(uri)
+            with aws_errors(f"listing {uri}"):
+                obj = s3sync.list_objects(aws.s3, bucket, key).get(key)
+            if obj is None:
                 log.info("%s not found; skipped", uri)
-                continue
-            s3sync.download_keys(
-                aws.s3, bucket, [objs[key]], key.rsplit("/", 1)[0], job_dir / "archives", progress=progress
-            )
-        _extract(job_dir / "archives" / key.rsplit("/", 1)[1], target)
-        result.files.extend(sorted(p for p in target.rglob("*") if p.is_file()))
+            else:
+                archives.append((uri, obj, target))
     ckpt = desc.get("CheckpointConfig", {}).get("S3Uri")
+    ckpt_objects: dict[str, dict] = {}
     if checkpoints and ckpt:
         bucket, prefix = s3sync.split_s3_url(ckpt)
+        with aws_errors(f"listing {ckpt}"):
+            ckpt_objects = s3sync.list_objects(aws.s3, bucket, prefix)
+    if not archives and not ckpt_objects:
+        where = model_uri or f"{desc.get('OutputDataConfig', {}).get('S3OutputPath', '')}{job}/output/"
+        extra = "" if checkpoints else "; the checkpoints it saved, if any: --checkpoints"
+        raise LauncherError(f"job {job} ({status}) has no artifacts in S3 (nothing at {where}{' or ' + ckpt if checkpoints and ckpt else ''}): nothing downloaded{extra}")
+    existing = sorted(p for p in job_dir.rglob("*") if p.is_file()) if job_dir.is_dir() else []
+    if existing and not force:
+        shown = ", ".join(str(p.relative_to(job_dir)) for p in existing[:3])
+        raise LauncherError(
+            f"{job_dir} already holds {len(existing)} file(s) ({shown}{', …' if len(existing) > 3 else ''}): "
+            "pass --force to overwrite them, or --to another folder"
+        )
+    for uri, obj, target in archives:
+        bucket, key = s3sync.split_s3_url(uri)
+        with aws_errors(f"downloading {uri}"):
+            s3sync.download_keys(aws.s3, bucket, [obj], key.rsplit("/", 1)[0], job_dir / "archives",
+                                 progress=progress, overwrite=True)
+        _extract(job_dir / "archives" / key.rsplit("/", 1)[1], target)
+        result.files.extend(sorted(p for p in target.rglob("*") if p.is_file()))
+    if ckpt_objects:
+        bucket, prefix = s3sync.split_s3_url(ckpt)
         with aws_errors(f"downloading {ckpt}"):
-            result.checkpoints = s3sync.download_prefix(aws.s3, bucket, prefix, job_dir / "checkpoints", progress=progress)
+            result.checkpoints = s3sync.download_keys(aws.s3, bucket, ckpt_objects.values(), prefix,
+                                                      job_dir / "checkpoints", progress=progress, overwrite=True)
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "job.json").write_text(json.dumps(desc, indent=2, default=str))
     return result
@@ -411,12 +470,6 @@ def _extract(archive: Path, target: Path) -> None:
                 if not (target / member.name).resolve().is_relative_to(root) or member.issym() or member.islnk():
                     raise LauncherError(f"{archive.name}: unsafe member {member.name!r}")
             tar.extractall(target)
-
-
-def count_objects(aws: Aws, uri: str) -> int:
-    bucket, prefix = s3sync.split_s3_url(uri)
-    with aws_errors(f"listing {uri}"):
-        return len(s3sync.list_objects(aws.s3, bucket, prefix))
 
 
 def log_group_of(outputs: StackOutputs) -> str:

@@ -72,6 +72,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     image: Optional[dict] = None  # its ECR image detail, once looked up
     image_newest: bool = False  # chosen as the newest pushed (no --image-tag)
+    done_batches: int = 0  # `resume`: the step its newest checkpoint reached (the estimate counts the rest)
     image_missing: bool = False  # dry run before any image was pushed: the tag `image --run` would push
     # (uri, body, error if it exists): objects created with a conditional write before the
     # config, e.g. `resume`'s lineage entry
@@ -120,10 +121,13 @@ def _spec(opts: StartOptions, job_name: str, config_file: str, image_tag: str, *
     )
 
 
-def check_options(opts: StartOptions) -> None:
-    """The flag checks that need no stack (``UsageError``), to run before any AWS call."""
+def check_options(opts: StartOptions, loaded: Optional[LoadedConfig] = None, *, local: bool = False) -> None:
+    """The flag (and config) checks that need no stack (``UsageError``), to run before any AWS call."""
+    from .preflight import check_start
+
     if opts.job_name:
         qualify_job_name(opts.job_name, None)  # the stack's prefix only lengthens it: a bad name stays bad
+    check_start(opts, loaded.config if loaded else None, local=local)
     check_spec(_spec(opts, job_name="", config_file="", image_tag=""))
 
 
@@ -205,20 +209,26 @@ def plan_without_image(opts: StartOptions, loaded: LoadedConfig, outputs: StackO
     return result
 
 
-def summary_lines(
-    p: Plan, *, sessions_ok: Optional[int] = None, image: Optional[dict] = None, cost: bool = True
-) -> list[str]:
+def cost_estimate(p: Plan):
+    """The job's :class:`~launcher.costs.CostEstimate` (the batches still to train)."""
     from .costs import estimate
 
-    r, s, cfg = p.request, p.spec, p.loaded.config
-    est = estimate(
+    s, cfg = p.spec, p.loaded.config
+    return estimate(
         s.instance_type,
         instance_count=s.instance_count,
         max_run_s=s.max_run_s,
-        num_batches=cfg.num_training_batches,
+        num_batches=max(cfg.num_training_batches - p.done_batches, 1),
         batch_size=cfg.dataset.batch_size,
         spot=s.spot,
     )
+
+
+def summary_lines(
+    p: Plan, *, sessions_ok: Optional[int] = None, image: Optional[dict] = None, cost: bool = True
+) -> list[str]:
+    r, s, cfg = p.request, p.spec, p.loaded.config
+    est = cost_estimate(p)
     gpu = ""
     if est.table.get(s.instance_type):
         price = est.table.get(s.instance_type)

@@ -8,6 +8,7 @@ under ``runs/<job>/``, and runs ``python -m trainer`` with the container's envir
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,10 +18,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, Iterator, Optional, TextIO
 
 from . import jobs, launch, s3sync
 from .errors import MissingSessions, UsageError
@@ -41,6 +43,7 @@ class LocalResult:
     job_dir: Path
     returncode: int
     metrics: dict[str, float] = field(default_factory=dict)
+    stopped_by: Optional[int] = None  # the first SIGTERM/SIGINT the launcher received while it ran
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,6 +194,45 @@ def fetch_channels(s3, job_dir: Path, request: dict[str, Any]) -> None:
 # Running
 
 
+@contextlib.contextmanager
+def forward_signals(proc: subprocess.Popen) -> Iterator[list[int]]:
+    """While ``proc`` runs, SIGTERM/SIGINT sent to the launcher stop it as SageMaker's stop does:
+    the first becomes one SIGTERM to ``proc`` (it saves a checkpoint and exits; SIGKILL after
+    ``STOP_GRACE_S``), a second one kills it. Yields the signals received, first first.
+
+    ``proc`` should run in its own session (``start_new_session=True``) so that a terminal's
+    Ctrl-C reaches it only through here, once.
+    """
+    received: list[int] = []
+    timers: list[threading.Timer] = []
+
+    def handle(signum, _frame) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            proc.kill()
+            return
+        # os.write: printing from a signal handler could re-enter the stream the main loop writes to
+        os.write(2, f"\nstopping the trainer (SIGTERM, up to {STOP_GRACE_S} s to save a checkpoint; "
+                    "again to kill it at once) ...\n".encode())
+        proc.send_signal(signal.SIGTERM)
+        timer = threading.Timer(STOP_GRACE_S, proc.kill)
+        timer.daemon = True
+        timer.start()
+        timers.append(timer)
+
+    try:
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # not the main thread: signals cannot be caught here
+        previous = {}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for timer in timers:
+            timer.cancel()
+
+
 def run_trainer(job_dir: Path, env: dict[str, str], out: Optional[TextIO] = None) -> LocalResult:
     """``python -m trainer`` in the laid-out tree, its output streamed and kept in ``train.log``."""
     out = out or sys.stdout
@@ -209,8 +251,9 @@ def run_trainer(job_dir: Path, env: dict[str, str], out: Optional[TextIO] = None
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            start_new_session=True,  # signals reach it through forward_signals only
         )
-        try:
+        with forward_signals(proc) as received:
             assert proc.stdout is not None
             for line in proc.stdout:
                 out.write(line)
@@ -221,16 +264,7 @@ def run_trainer(job_dir: Path, env: dict[str, str], out: Optional[TextIO] = None
                     if m:
                         result.metrics[name] = float(m.group(1))
             result.returncode = proc.wait()
-        except KeyboardInterrupt:
-            # As a SageMaker stop: SIGTERM, time to checkpoint, then SIGKILL.
-            print(f"\nstopping the trainer (SIGTERM, up to {STOP_GRACE_S} s to checkpoint) ...", file=out, flush=True)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                result.returncode = proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                result.returncode = proc.wait()
-            raise
+        result.stopped_by = received[0] if received else None
     return result
 
 
@@ -296,6 +330,11 @@ def run_local(
 def report(job: str, paths: dict[str, Path], result: LocalResult, seconds: float, out: TextIO) -> int:
     failure = paths["output"] / "failure"
     print("", file=out)
+    if result.stopped_by is not None:  # the exit status says which signal stopped us, whatever the timing
+        saved = "; its checkpoints are in" if result.returncode == STOPPED_EXIT else "; killed before it saved; checkpoints in"
+        print(f"{job}: Stopped ({signal.Signals(result.stopped_by).name}) after {seconds:.0f} s{saved} "
+              f"{paths['checkpoints']}", file=out)
+        return 128 + result.stopped_by
     if result.returncode == STOPPED_EXIT:
         print(f"{job}: Stopped after {seconds:.0f} s; its checkpoints are in {paths['checkpoints']}", file=out)
         return 1

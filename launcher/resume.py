@@ -75,6 +75,7 @@ def plan_resume(
         overrides=overrides,
         num_training_batches=num_training_batches,
     )
+    launch.check_options(opts, loaded)
     done = loaded.config.num_training_batches
     if num_training_batches is not None and num_training_batches <= done:
         raise LauncherError(
@@ -98,13 +99,24 @@ def plan_resume(
     p.claims.append(lineage.entry(len(members), p.job_name, job))
     if rc.get("InstanceCount", 1) > 1:
         p.notes.append(f"{job} ran on {rc['InstanceCount']} instances; the trainer uses one, so this job runs on one")
-    found = jobs.count_objects(aws, ckpt)
+    found, p.done_batches = checkpoint_progress(aws, ckpt)
     p.notes.append(
-        f"resumes {job} ({status}) from {ckpt} ({found} checkpoint object(s))"
+        f"resumes {job} ({status}) from {ckpt} ({found} checkpoint object(s), the newest at step {p.done_batches})"
         if found
         else f"{ckpt} holds no checkpoint yet: the new job starts from step 0"
     )
     return p
+
+
+def checkpoint_progress(aws: Aws, uri: str) -> tuple[int, int]:
+    """(objects under ``uri``, the step of the newest ``checkpoint_<step>.pt`` among them, else 0)."""
+    import re
+
+    bucket, prefix = s3sync.split_s3_url(uri)
+    with aws_errors(f"listing {uri}"):
+        keys = s3sync.list_objects(aws.s3, bucket, prefix)
+    steps = [int(m.group(1)) for k in keys if (m := re.search(r"checkpoint_(\d+)\.pt$", k))]
+    return len(keys), max(steps, default=0)
 
 
 class Lineage:

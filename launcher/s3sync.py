@@ -70,6 +70,18 @@ def _local_files(src: Path) -> list[Path]:
     )
 
 
+SESSION_FILES = ("data_train.hdf5", "data_val.hdf5")
+
+
+def session_files(src: Path) -> tuple[list[Path], list[Path]]:
+    """(``<session>/data_{train,val}.hdf5`` under ``src``, every other file there): what `upload` sends and skips."""
+    chosen, skipped = [], []
+    for path in sorted(p for p in Path(src).rglob("*") if p.is_file()):
+        rel = path.relative_to(src)
+        (chosen if len(rel.parts) == 2 and rel.name in SESSION_FILES else skipped).append(path)
+    return chosen, skipped
+
+
 def list_objects(s3, bucket: str, prefix: str) -> dict[str, dict]:
     found: dict[str, dict] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -91,9 +103,11 @@ def _unchanged(s3, bucket: str, key: str, remote: Optional[dict], path: Path) ->
 
 
 def upload_dir(
-    s3, src: Path, bucket: str, prefix: str, *, dry_run: bool = False, progress: Optional[bool] = None
+    s3, src: Path, bucket: str, prefix: str, *, dry_run: bool = False, progress: Optional[bool] = None,
+    files: Optional[list[Path]] = None,
 ) -> SyncResult:
-    """Sync ``src`` to ``s3://bucket/prefix`` (keys keep the relative paths); nothing is deleted."""
+    """Sync ``src`` (or only ``files`` under it) to ``s3://bucket/prefix`` (keys keep the relative
+    paths); nothing is deleted."""
     from tqdm import tqdm
 
     src = Path(src)
@@ -101,7 +115,7 @@ def upload_dir(
     remote = list_objects(s3, bucket, prefix)
     result = SyncResult()
     todo: list[tuple[Path, str, str]] = []
-    for path in _local_files(src):
+    for path in _local_files(src) if files is None else files:
         key = prefix + path.relative_to(src).as_posix()
         same, md5 = _unchanged(s3, bucket, key, remote.get(key), path)
         if same:
@@ -124,9 +138,11 @@ def upload_dir(
 
 
 def download_keys(
-    s3, bucket: str, objects: Iterable[dict], strip_prefix: str, dest: Path, *, progress: Optional[bool] = None
+    s3, bucket: str, objects: Iterable[dict], strip_prefix: str, dest: Path, *, progress: Optional[bool] = None,
+    overwrite: bool = False,
 ) -> SyncResult:
-    """Download listed objects under ``dest`` (relative to ``strip_prefix``), skipping same-size files."""
+    """Download listed objects under ``dest`` (relative to ``strip_prefix``); without ``overwrite``
+    same-size files are skipped as already there."""
     from tqdm import tqdm
 
     dest = Path(dest)
@@ -137,7 +153,7 @@ def download_keys(
         if not rel or rel.endswith("/"):
             continue
         target = dest / rel
-        if target.is_file() and target.stat().st_size == obj["Size"]:
+        if not overwrite and target.is_file() and target.stat().st_size == obj["Size"]:
             result.skipped.append(obj["Key"])
         else:
             todo.append((obj, target))

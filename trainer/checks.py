@@ -8,10 +8,12 @@ training trials, which a batch could draw, is refused by ``check_data`` itself.)
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .config import ConfigError, TrainConfig
-from .data import DataSummary
+
+if TYPE_CHECKING:  # the launcher imports this module: no torch/h5py at import time
+    from .data import DataSummary
 
 FLOAT_BYTES = 4
 GRU_SAVED_PER_UNIT = 4  # three gates and the hidden state, kept for the backward pass
@@ -43,15 +45,18 @@ def check_patch_fits(cfg: TrainConfig, min_time_steps: int) -> None:
 
 def check_validation(cfg: TrainConfig, summary: DataSummary) -> None:
     """Validation picks the best model and drives early stopping: an empty one trains blind."""
-    if any(s.n_val > 0 and cfg.dataset.val_probability(d) > 0 for d, s in enumerate(summary.sessions)):
-        return
+    if not any(s.n_val > 0 and cfg.dataset.val_probability(d) > 0 for d, s in enumerate(summary.sessions)):
+        raise empty_validation(cfg, summary.url)
+
+
+def empty_validation(cfg: TrainConfig, url: str) -> ConfigError:
+    """The error for a run whose validation would be empty (the launcher raises it from a listing)."""
     probs = cfg.dataset.dataset_probability_val
     if probs is not None and not any(probs):
-        raise ConfigError("dataset.dataset_probability_val", "is 0 for every session: validation would be empty "
-                          "(no validation PER, no best model); give at least one session a value above 0")
-    raise ConfigError("dataset.sessions", f"no session has validation trials (data_val.hdf5) under {summary.url} "
-                      "with dataset_probability_val above 0: validation would be empty (no validation PER, no "
-                      "best model)")
+        return ConfigError("dataset.dataset_probability_val", "is 0 for every session: validation would be empty "
+                           "(no validation PER, no best model); give at least one session a value above 0")
+    return ConfigError("dataset.sessions", f"no session with dataset_probability_val above 0 has validation trials "
+                       f"(data_val.hdf5) under {url}: validation would be empty (no validation PER, no best model)")
 
 
 def batch_bytes(cfg: TrainConfig, max_time_steps: int) -> int:

@@ -10,6 +10,7 @@ from . import add_aws_args, connect, job_command_parser, job_name
 EXAMPLES = """
 python -m launcher download b2t-rnn-args-20261129-101500                  # into ./runs/<job>/
 python -m launcher download b2t-rnn-args-20261129-101500 --to results --checkpoints
+python -m launcher download b2t-rnn-args-20261129-101500 --force     # replace what an earlier download left
 """
 
 
@@ -17,6 +18,7 @@ def add_parser(sub) -> None:
     p = job_command_parser(sub, "download", "download and extract a finished job's model and metrics", EXAMPLES)
     p.add_argument("--to", type=Path, default=Path("runs"), metavar="DIR", help="parent folder (default: %(default)s)")
     p.add_argument("--checkpoints", action="store_true", help="also the checkpoints (works while the job runs)")
+    p.add_argument("--force", action="store_true", help="overwrite files already in <DIR>/<job>/")
     add_aws_args(p)
     p.set_defaults(handler=run)
 
@@ -29,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--to {args.to} is a file, not a folder")
     aws, outputs = connect(args)
     name = job_name(args, outputs)
-    got = jobs.download(aws, name, args.to, checkpoints=args.checkpoints)
+    got = jobs.download(aws, name, args.to, checkpoints=args.checkpoints, force=args.force)
     print(f"{name} → {got.job_dir}")
     for path in got.files:
         print(f"  {path}")

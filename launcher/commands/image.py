@@ -81,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
     from launcher import jobs
     from launcher.errors import ImageNotPushed, LauncherError
+    from launcher.preflight import check_image_tag
 
+    check_image_tag(args.tag, "--tag")
     aws, outputs = connect(args)
     repo = outputs.ecr_repository_name
     if args.list:

@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--instance-type", help="default: the first job's")
     p.add_argument("--on-demand", action="store_true", help="on-demand instead of managed spot")
     p.add_argument("--max-run", type=float, metavar="HOURS", help="default: the first job's")
+    p.add_argument("--accept-cut", action="store_true",
+                   help="submit even when the rest of the run is estimated past --max-run")
     p.add_argument("--image-tag", help="default: the first job's")
     p.add_argument("--dry-run", action="store_true", help="print the request; change nothing")
     p.add_argument("-y", "--yes", action="store_true", help="submit without asking")
@@ -52,4 +54,4 @@ def run(args: argparse.Namespace) -> int:
         image_tag=args.image_tag,
         num_training_batches=args.num_training_batches,
     )
-    return submit_plan(aws, plan, dry_run=args.dry_run, yes=args.yes, wait=args.wait)
+    return submit_plan(aws, plan, dry_run=args.dry_run, yes=args.yes, wait=args.wait, accept_cut=args.accept_cut)

@@ -43,6 +43,8 @@ def add_parser(sub) -> None:
     g.add_argument("--on-demand", action="store_true", help="on-demand instead of managed spot")
     g.add_argument("--no-checkpoints", action="store_true", help="no checkpoint sync (only with --on-demand)")
     g.add_argument("--max-run", type=float, default=24.0, metavar="HOURS", help="stop after this long (default: %(default)s)")
+    g.add_argument("--accept-cut", action="store_true",
+                   help="submit even when the run is estimated past --max-run (it stops there; `resume` continues)")
     g.add_argument("--max-wait", type=float, metavar="HOURS", help="spot: give up waiting after this long (default: 2 × --max-run)")
     g.add_argument("--image-tag", metavar="TAG",
                    help="a tag pushed to the stack's ECR repository (default: the newest pushed image; "
@@ -89,11 +91,12 @@ def run(args: argparse.Namespace) -> int:
         from trainer.config import DEMO_CONFIG
 
         loaded = launch.load(opts.config, opts.all_overrides(), default=DEMO_CONFIG)
+        launch.check_options(opts, loaded, local=True)
         return local.run_local(opts, loaded, runs_dir=args.runs_dir, data_dir=args.data, dry_run=args.dry_run)
 
     # Validate the config and the flags before any AWS call: a typo costs nothing here.
     loaded = launch.load(opts.config, opts.all_overrides())
-    launch.check_options(opts)
+    launch.check_options(opts, loaded)
     from . import connect
 
     aws, outputs = connect(args)
@@ -105,18 +108,22 @@ def run(args: argparse.Namespace) -> int:
         if not args.dry_run:
             raise
         plan = launch.plan_without_image(opts, loaded, outputs)
-    return submit_plan(aws, plan, dry_run=args.dry_run, yes=args.yes, wait=args.wait)
+    return submit_plan(aws, plan, dry_run=args.dry_run, yes=args.yes, wait=args.wait, accept_cut=args.accept_cut)
 
 
-def submit_plan(aws, plan, *, dry_run: bool, yes: bool, wait: bool) -> int:
+def submit_plan(aws, plan, *, dry_run: bool, yes: bool, wait: bool, accept_cut: bool = False) -> int:
     """Pre-flight, summary, confirmation, submission; shared by `start` and `resume`."""
     from launcher import jobs, launch, ui
 
     # Every check before anything is written: a refused job leaves S3 as it was.
     jobs.check_name_free(aws, plan.outputs, plan.job_name)
     image = plan.image or (None if plan.image_missing else jobs.check_image(aws, plan.outputs, plan.spec.image_tag))
-    jobs.check_sessions(aws, plan.request["HyperParameters"]["data_url"], list(plan.loaded.config.dataset.sessions))
+    data_url = plan.request["HyperParameters"]["data_url"]
+    jobs.check_sessions(aws, data_url, list(plan.loaded.config.dataset.sessions))
+    jobs.check_validation_files(aws, data_url, plan.loaded.config)
+    jobs.check_init_checkpoint(aws, plan.loaded.config)
     print("\n".join(launch.summary_lines(plan, sessions_ok=len(plan.loaded.config.dataset.sessions), image=image)))
+    launch.cost_estimate(plan).check_fits(accept_cut)
     if dry_run:
         print("\nCreateTrainingJob request (dry run: nothing uploaded or submitted):")
         print(json.dumps(plan.request, indent=2))

@@ -22,6 +22,7 @@ def test_estimate_is_price_times_duration_capped_by_max_run():
     assert est.max_usd == pytest.approx(1.515 * 10)
     assert est.estimated_hours == pytest.approx(12000 * 0.6 * 1.1 / 3600)
     assert est.estimated_usd == pytest.approx(1.515 * est.estimated_hours)
+    assert est.capped_usd == est.estimated_usd and not est.past_max_run
 
 
 def test_estimate_scales_with_instances_and_batch_size():
@@ -39,6 +40,13 @@ def test_spot_line_mentions_the_real_saving():
     assert any("`status` reports the real saving" in line for line in estimate("ml.g5.xlarge", max_run_s=3600).lines())
 
 
-def test_estimate_beyond_max_run_warns():
-    lines = estimate("ml.g5.2xlarge", max_run_s=3600, num_batches=120000, batch_size=64).lines()
-    assert any("exceeds --max-run" in line for line in lines)
+def test_estimate_past_max_run_shows_whole_run_and_cap_and_is_refused():
+    from launcher.errors import UsageError
+
+    est = estimate("ml.g5.2xlarge", max_run_s=24 * 3600, num_batches=120000, batch_size=64)
+    lines = " ".join(" ".join(est.lines()).split())
+    assert "≈ $44.44 for the whole run, an estimated 29.3 h of training" in lines  # not capped at 24 h
+    assert "--max-run 24 h stops it before its last batch, at ≈ $36.36" in lines
+    with pytest.raises(UsageError, match=r"estimated at 29.3 h, past --max-run 24 h.*--max-run 36.*--accept-cut"):
+        est.check_fits(accept_cut=False)
+    est.check_fits(accept_cut=True)

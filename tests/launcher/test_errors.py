@@ -193,7 +193,7 @@ def test_resume_checks_max_run_too(deployed, cli, hours):
     job = next(line.split()[1] for line in out.splitlines() if line.startswith("submitted "))
     code, _, err = cli("resume", job, "--max-run", hours, "-y")
     assert code == 2
-    assert_one_line_error(code, err, "--max-run must be between")
+    assert_one_line_error(code, err, "--max-run: must be a number above 0")
     assert len(deployed.client("sagemaker").list_training_jobs()["TrainingJobSummaries"]) == 1
 
 

@@ -76,8 +76,8 @@ def test_no_validation_file_anywhere_is_refused(tiny_data, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("data_val.hdf5"))
     assert main(dry_run(data, tmp_path)) == EXIT_CONFIG
-    assert one_line(capsys).startswith("config error: dataset.sessions: no session has validation trials "
-                                       "(data_val.hdf5)")
+    assert one_line(capsys).startswith("config error: dataset.sessions: no session with dataset_probability_val "
+                                       "above 0 has validation trials (data_val.hdf5)")
 
 
 def test_session_without_training_trials_is_refused(tiny_data, tmp_path, capsys):
