@@ -69,7 +69,7 @@ class Aws:
         # An endpoint that cannot be reached fails within seconds, naming it (aws_errors), rather
         # than after botocore's defaults (60 s connect timeout, backoff up to 20 s per retry).
         self._config = Config(
-            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
             connect_timeout=CONNECT_TIMEOUT_S,
             user_agent_extra="b2t-launcher",
         )

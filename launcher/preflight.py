@@ -87,7 +87,8 @@ def check_batch_memory(cfg: Any, instance_type: str) -> None:
         return
     shortest = max(cfg.model.patch_size, 1)
     per_gpu = price.gpu_memory_gb * 2**30 // price.gpus
-    check_batch_fits(cfg, shortest, per_gpu, f"one {price.gpu} of {instance_type} (the trainer uses one GPU)")
+    check_batch_fits(cfg, shortest, per_gpu, f"one {price.gpu} of {instance_type} (the trainer uses one GPU)",
+                     trials=f"trials, even were each only one patch ({shortest} bins) long,")
 
 
 def check_start(opts: Any, cfg: Any = None, *, local: bool = False) -> None:

@@ -75,12 +75,14 @@ def batch_bytes(cfg: TrainConfig, max_time_steps: int) -> int:
     return 2 * b * per_trial * FLOAT_BYTES
 
 
-def check_batch_fits(cfg: TrainConfig, max_time_steps: int, memory_bytes: int, where: str) -> None:
+def check_batch_fits(cfg: TrainConfig, max_time_steps: int, memory_bytes: int, where: str,
+                     trials: str = "") -> None:
     need = batch_bytes(cfg, max_time_steps)
     if need > memory_bytes:
+        trials = trials or f"trials of up to {max_time_steps} bins"
         raise ConfigError(
             "dataset.batch_size",
-            f"{cfg.dataset.batch_size} trials of up to {max_time_steps} bins need at least {need / 2**30:,.1f} GiB "
+            f"{cfg.dataset.batch_size} {trials} need at least {need / 2**30:,.1f} GiB "
             f"for one training step, more than the {memory_bytes / 2**30:,.1f} GiB of {where}",
         )
 

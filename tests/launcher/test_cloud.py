@@ -178,9 +178,15 @@ def test_download_extracts_model_and_metrics(deployed, job, cli, tmp_path):
 
 
 def test_upload_syncs_sessions_and_skips_unchanged(deployed, cli, tmp_path):
-    for session in ("t15.2025.01.01", "t15.2025.01.03"):
+    from trainer.synthetic import SyntheticSpec, generate
+
+    generate(tmp_path / "gen", SyntheticSpec(n_sessions=2, train_trials=2, val_trials=0, n_features=4))
+    for session, made in zip(("t15.2025.01.01", "t15.2025.01.03"), sorted((tmp_path / "gen").iterdir())):
         (tmp_path / session).mkdir()
-        (tmp_path / session / "data_train.hdf5").write_bytes(b"x" * 1000)
+        (made / "data_train.hdf5").rename(tmp_path / session / "data_train.hdf5")
+    import shutil
+
+    shutil.rmtree(tmp_path / "gen")
     code, out, _ = cli("upload", tmp_path, "--prefix", "extra")
     assert code == 0 and "uploaded 2 file(s)" in out
     keys_ = [o["Key"] for o in deployed.client("s3").list_objects_v2(Bucket=deployed.data_bucket,

@@ -148,7 +148,7 @@ def test_max_wait_below_max_run_is_refused(deployed, cli):
 
 def test_upload_of_a_folder_without_sessions(deployed, cli, tmp_path):
     code, _, err = cli("upload", tmp_path)
-    assert_one_line_error(code, err, "holds no <session>/*.hdf5 files")
+    assert_one_line_error(code, err, "holds no <session>/data_train.hdf5 or data_val.hdf5 files")
 
 
 def test_unreachable_endpoint(aws_env, cli, monkeypatch):
