@@ -2,7 +2,9 @@
 
 This module only wires argparse to the commands and turns errors into exit codes: a user
 error (a config problem, a missing stack, an absent image, a local path that cannot be
-written...) prints one line and exits non-zero; anything else is a bug and keeps its traceback.
+written, a number flag that is not above 0...) prints one line and exits non-zero; a reader
+that closes the pipe (``logs JOB | head``) ends it quietly; anything else is a bug, reported
+in one line too, with its traceback under ``-v``.
 """
 
 from __future__ import annotations
@@ -93,11 +95,24 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # main() ends quietly
     except OSError as e:
-        if e.filename is None:  # not about a local file: a bug, keep the traceback
-            raise
+        if e.filename is None:  # not about a local file: a bug (below)
+            return _bug(args, e)
         print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 1
+    except Exception as e:  # a bug, not the user's input: one line, the traceback with -v
+        return _bug(args, e)
+
+
+def _bug(args: argparse.Namespace, e: BaseException) -> int:
+    if args.verbose:
+        raise e
+    first = (str(e).strip().splitlines() or [""])[0]
+    print(f"error: internal error, a bug in the launcher ({type(e).__name__}: {first}); rerun with -v for "
+          "the traceback and report it", file=sys.stderr)
+    return 1
 
 
 class _CurrentStderr(logging.StreamHandler):
