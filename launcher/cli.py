@@ -46,14 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def bad_number(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Optional[str]:
-    """Every number a launcher flag takes is a count, a size or a duration: finite and above 0."""
+    """The launcher's number flags are counts and sizes (whole numbers above 0) or durations
+    (finite, not negative; the commands check their own ranges beyond that)."""
     import math
 
     command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
     for action in command._actions:
         value = getattr(args, action.dest, None)
-        if action.type in (int, float) and value is not None and not (math.isfinite(value) and value > 0):
-            return f"{'/'.join(action.option_strings)}: must be a number above 0, got {value:g}"
+        flag = "/".join(action.option_strings)
+        if value is None:
+            continue
+        if action.type is int and value < 1:
+            return f"{flag}: must be a whole number above 0, got {value}"
+        if action.type is float and not (math.isfinite(value) and value >= 0):
+            return f"{flag}: must be a number of 0 or more, got {value:g}"
     return None
 
 

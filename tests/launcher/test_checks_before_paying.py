@@ -50,10 +50,10 @@ def nothing_written(deployed) -> bool:
 @pytest.mark.parametrize("extra,needle", [
     (("--instance-type", "ml.foo.bar"), "--instance-type 'ml.foo.bar' is not a SageMaker training instance type"),
     (("--instance-type", "ml.g5.2xlarg"), "did you mean ml.g5.2xlarge"),
-    (("--volume-gb", "0"), "--volume-gb: must be a number above 0, got 0"),
+    (("--volume-gb", "0"), "--volume-gb: must be a whole number above 0, got 0"),
     (("--volume-gb", "100000"), "--volume-gb must be between 1 and 16384 GB, got 100000"),
     (("--on-demand", "--max-wait", "5"), "--max-wait applies to managed spot only"),
-    (("--max-run", "nan"), "--max-run: must be a number above 0, got nan"),
+    (("--max-run", "nan"), "--max-run: must be a number of 0 or more, got nan"),
     (("--image-tag", "bad tag!"), "--image-tag 'bad tag!' is not a valid image tag"),
     (("--batch-size", "1000000000"), "dataset.batch_size: 1000000000 trials, even were each only one patch (4 bins) long, need at least"),
     (("--set", "dataset.must_include_days=[0, 0]"), "dataset.must_include_days: [0, 0] names one session twice"),
@@ -138,8 +138,8 @@ def test_image_tag_with_bad_characters_is_refused(deployed, refused):
 # --- generic CLI errors
 
 def test_list_zero_and_negative_poll_are_one_line(deployed, refused):
-    refused("list", "-n", "0", needles=("-n/--max: must be a number above 0, got 0",), code=2)
-    refused("logs", "b2t-x", "-f", "--poll", "-1", needles=("--poll: must be a number above 0, got -1",), code=2)
+    refused("list", "-n", "0", needles=("-n/--max: must be a whole number above 0, got 0",), code=2)
+    refused("logs", "b2t-x", "-f", "--poll", "-1", needles=("--poll: must be a number of 0 or more, got -1",), code=2)
 
 
 def test_unknown_region_is_one_line_before_any_call(aws_env, refused):

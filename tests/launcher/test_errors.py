@@ -187,13 +187,14 @@ def test_invalid_job_name_fails_before_any_aws_call(deployed, cli, monkeypatch, 
     assert no_jobs(deployed.server)
 
 
-@pytest.mark.parametrize("hours", ["0", "-1"])
-def test_resume_checks_max_run_too(deployed, cli, hours):
+@pytest.mark.parametrize("hours,needle", [("0", "--max-run must be between"),
+                                          ("-1", "--max-run: must be a number of 0 or more")])
+def test_resume_checks_max_run_too(deployed, cli, hours, needle):
     code, out, err = start(cli)
     job = next(line.split()[1] for line in out.splitlines() if line.startswith("submitted "))
     code, _, err = cli("resume", job, "--max-run", hours, "-y")
     assert code == 2
-    assert_one_line_error(code, err, "--max-run: must be a number above 0")
+    assert_one_line_error(code, err, needle)
     assert len(deployed.client("sagemaker").list_training_jobs()["TrainingJobSummaries"]) == 1
 
 
