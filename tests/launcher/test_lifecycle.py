@@ -6,6 +6,8 @@ version of both buckets with its ETag, compared before and after each refusal.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from trainer.config import DEMO_CONFIG
@@ -80,7 +82,9 @@ def test_submit_twice_resume_twice_resume_completed_change_nothing(deployed, cli
     assert code == 0, err
     desc = deployed.client("sagemaker").describe_training_job(TrainingJobName="b2t-exp1-r2")
     assert desc["CheckpointConfig"]["S3Uri"] == f"s3://{deployed.output_bucket}/checkpoints/b2t-exp1/"
-    assert "num_training_batches=80" in desc["HyperParameters"]["overrides"]
+    overrides = deployed.client("s3").get_object(Bucket=deployed.output_bucket,
+                                                 Key="jobs/b2t-exp1-r2/input/config/overrides.json")
+    assert "num_training_batches=80" in json.loads(overrides["Body"].read())
     lineage = deployed.client("s3").list_objects_v2(Bucket=deployed.output_bucket, Prefix="jobs/b2t-exp1/lineage/")
     assert [o["Key"] for o in lineage["Contents"]] == ["jobs/b2t-exp1/lineage/0001.json", "jobs/b2t-exp1/lineage/0002.json"]
 
