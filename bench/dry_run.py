@@ -78,7 +78,8 @@ def set_up(url: str) -> None:
                            "digest": "sha256:" + "b" * 64}, "layers": []}
     client("ecr").put_image(repositoryName="b2t-training", imageManifest=json.dumps(manifest), imageTag="latest")
     for session in SESSIONS:
-        client("s3").put_object(Bucket=out[keys.DATA_BUCKET], Key=f"data/{session}/data_train.hdf5", Body=b"x")
+        for name in ("data_train.hdf5", "data_val.hdf5"):  # start refuses a run whose validation would be empty
+            client("s3").put_object(Bucket=out[keys.DATA_BUCKET], Key=f"data/{session}/{name}", Body=b"x")
 
 
 CPU: dict[str, list[float]] = {}

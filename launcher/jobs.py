@@ -32,33 +32,33 @@ SESSION_FILE = "data_train.hdf5"
 # Pre-flight
 
 
-def missing_sessions(aws: Aws, data_url: str, sessions: list[str]) -> list[str]:
-    """Sessions of the config with no ``<session>/data_train.hdf5`` under ``data_url``."""
+def _list_data(aws: Aws, data_url: str) -> dict[str, dict]:
     bucket, prefix = s3sync.split_s3_url(data_url)
     with aws_errors(f"listing {data_url}"):
-        present = s3sync.list_objects(aws.s3, bucket, prefix)
+        return s3sync.list_objects(aws.s3, bucket, prefix)
+
+
+def _missing(present: dict[str, dict], data_url: str, sessions: list[str]) -> list[str]:
+    prefix = s3sync.split_s3_url(data_url)[1]
     return [s for s in sessions if f"{prefix}{s}/{SESSION_FILE}" not in present]
 
 
-def check_sessions(aws: Aws, data_url: str, sessions: list[str]) -> None:
-    missing = missing_sessions(aws, data_url, sessions)
+def check_sessions(aws: Aws, data_url: str, sessions: list[str], cfg: Any = None) -> None:
+    """Every session's ``data_train.hdf5`` is there; with ``cfg``, validation would not be empty
+    either (a ``data_val.hdf5`` in a session whose ``dataset_probability_val`` is above 0, else the
+    job trains blind and ends with "best val PER inf"). One listing for both."""
+    present = _list_data(aws, data_url)
+    missing = _missing(present, data_url, sessions)
     if missing:
         raise MissingSessions(data_url, missing)
-
-
-def check_validation_files(aws: Aws, data_url: str, cfg: Any) -> None:
-    """Validation needs a ``data_val.hdf5`` in a session whose ``dataset_probability_val`` is above 0
-    (else the job trains blind and ends with "best val PER inf")."""
+    if cfg is None:
+        return
     from trainer.checks import empty_validation
 
-    bucket, prefix = s3sync.split_s3_url(data_url)
-    with aws_errors(f"listing {data_url}"):
-        present = s3sync.list_objects(aws.s3, bucket, prefix)
-    sessions = list(cfg.dataset.sessions)
-    if any(f"{prefix}{s}/data_val.hdf5" in present and cfg.dataset.val_probability(d) > 0
-           for d, s in enumerate(sessions)):
-        return
-    raise empty_validation(cfg, data_url)
+    prefix = s3sync.split_s3_url(data_url)[1]
+    if not any(f"{prefix}{s}/data_val.hdf5" in present and cfg.dataset.val_probability(d) > 0
+               for d, s in enumerate(sessions)):
+        raise empty_validation(cfg, data_url)
 
 
 def check_init_checkpoint(aws: Aws, cfg: Any) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,11 @@ def check_image_tag(tag: Any, flag: str) -> None:
                          "(not first), at most 128 characters")
 
 
-@lru_cache(maxsize=1)
 def training_instance_types() -> tuple[str, ...]:
     """The ``TrainingInstanceType`` enum of botocore's SageMaker service model (what CreateTrainingJob accepts)."""
-    import botocore.session
+    from .request import _create_training_job_shape  # the model validate_request loads anyway
 
-    from .aws import _shared_loader
-
-    session = botocore.session.Session()
-    session.register_component("data_loader", _shared_loader())
-    return tuple(session.get_service_model("sagemaker").shape_for("TrainingInstanceType").enum)
+    return tuple(_create_training_job_shape().members["ResourceConfig"].members["InstanceType"].enum)
 
 
 def check_instance_type(instance_type: str) -> None:

@@ -119,8 +119,7 @@ def submit_plan(aws, plan, *, dry_run: bool, yes: bool, wait: bool, accept_cut: 
     jobs.check_name_free(aws, plan.outputs, plan.job_name)
     image = plan.image or (None if plan.image_missing else jobs.check_image(aws, plan.outputs, plan.spec.image_tag))
     data_url = plan.request["HyperParameters"]["data_url"]
-    jobs.check_sessions(aws, data_url, list(plan.loaded.config.dataset.sessions))
-    jobs.check_validation_files(aws, data_url, plan.loaded.config)
+    jobs.check_sessions(aws, data_url, list(plan.loaded.config.dataset.sessions), plan.loaded.config)
     jobs.check_init_checkpoint(aws, plan.loaded.config)
     print("\n".join(launch.summary_lines(plan, sessions_ok=len(plan.loaded.config.dataset.sessions), image=image)))
     launch.cost_estimate(plan).check_fits(accept_cut)
