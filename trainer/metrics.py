@@ -96,8 +96,11 @@ class MetricsSink:
         if self.path is not None:
             record = {"kind": kind, "step": int(step), "time": round(time.time(), 3), **labels}
             record.update({k: (None if not math.isfinite(v) else float(v)) for k, v in values.items()})
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:  # disk full, permissions: name the file (the write itself does not)
+                raise OSError(e.errno, e.strerror or str(e), str(self.path)) from None
 
 
 _LINE = re.compile(rf"^({METRIC_PREFIX}|{SESSION_METRIC_PREFIX}) step=([0-9]+)((?: \S+=\S+)*)\s*$")

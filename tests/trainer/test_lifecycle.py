@@ -117,3 +117,15 @@ def test_disk_full_leaves_no_temp_file_and_says_how_much_was_needed(tiny_disk):
     assert caught.value.filename == str(target)
     assert caught.value.strerror.startswith("No space left on device (writing 392.2 KB; 64.0 KB free")
     assert list(tiny_disk.iterdir()) == []
+
+
+def test_disk_full_while_logging_metrics_names_the_file(tiny_disk):
+    from trainer.metrics import MetricsSink
+
+    (tiny_disk / "filler").write_bytes(b"\0" * (64 * 1024 - 4096))
+    with open("/dev/null", "w") as null, pytest.raises(OSError) as caught:
+        sink = MetricsSink(tiny_disk / "metrics.jsonl", stream=null)
+        for step in range(1000):
+            sink.emit("train", step, {"train_loss": 1.0, "lr": 0.1, "padding": float(step)})
+    assert caught.value.filename == str(tiny_disk / "metrics.jsonl")
+    assert caught.value.strerror == "No space left on device"
