@@ -50,6 +50,7 @@ def plan_resume(
     lineage = Lineage.of(outputs, ckpt)
     members = lineage.members(aws)
     check_lineage(aws, job, members)
+    new_name = new_name or lineage.next_name(len(members))
     hp = desc.get("HyperParameters", {})
     loaded, overrides = jobs.job_config(aws, desc)
 
@@ -143,6 +144,13 @@ class Lineage:
                 entry = json.loads(aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
             names.append(entry["job"])
         return names
+
+    def next_name(self, seq: int) -> str:
+        """The default name of the lineage's job ``seq``: ``<first job>-r<seq>`` (within 63 characters)."""
+        from .request import MAX_JOB_NAME
+
+        tail = f"-r{seq}"
+        return self.root[: MAX_JOB_NAME - len(tail)].rstrip("-") + tail
 
     def entry(self, seq: int, job: str, resumed_from: str) -> tuple[str, bytes, Exception]:
         """(uri, body, error if taken) of entry ``seq``: a claim written before the job is created."""

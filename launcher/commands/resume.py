@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--num-training-batches", type=int, metavar="N",
                    help="train up to N batches in all (needed to resume a Completed job)")
-    p.add_argument("--job-name", help="name of the new job (default: <prefix>-<config>-<time>)")
+    p.add_argument("--job-name", help="name of the new job (default: <first job of the lineage>-r<N>)")
     p.add_argument("--instance-type", help="default: the first job's")
     p.add_argument("--on-demand", action="store_true", help="on-demand instead of managed spot")
     p.add_argument("--max-run", type=float, metavar="HOURS", help="default: the first job's")

@@ -143,3 +143,12 @@ def test_dry_run_before_any_image_says_which_tag(no_image, cli):
     assert "no image in b2t-training yet: this is the tag `python -m launcher image --run` would push" in " ".join(out.split())
     code, _, err = cli("start", "--config", DEMO_CONFIG, "-y")
     assert_one_line_error(code, err, "no image in b2t-training yet")
+
+
+def test_resume_names_the_new_job_after_its_lineage(deployed, cli):
+    code, _, err = start(cli, "exp3")
+    assert code == 0, err
+    deployed.training_job("b2t-exp3").training_job_status = "Stopped"
+    code, out, err = cli("resume", "exp3", "-y")  # made within the same second as exp3: still a name of its own
+    assert code == 0, err
+    assert "submitted b2t-exp3-r1" in out
