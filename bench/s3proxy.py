@@ -5,7 +5,8 @@ on purpose:
 
 - every response's first byte waits ``latency_s`` (default 20 ms);
 - each client connection gets at most ``rate`` bytes/s of response body (default 80 MB/s);
-- a fraction ``fault_rate`` of requests (drawn at random) fail, with each of ``faults`` in turn:
+- a fraction ``fault_rate`` of requests (drawn at random), or every ``fault_every``-th GET,
+  fail, with each of ``faults`` in turn:
   ``503`` (a SlowDown error), ``reset`` (the connection is reset before any response) or
   ``truncate`` (the headers promise the whole body, half of it comes, then the connection
   closes).
@@ -45,6 +46,7 @@ class Settings:
     latency_s: float = 0.020
     rate: float = 80e6  # bytes/s per connection; 0: unlimited
     fault_rate: float = 0.0
+    fault_every: int = 0  # every Nth GET fails (kinds in turn); 0: off
     faults: tuple[str, ...] = FAULTS
     seed: int = 0
 
@@ -196,7 +198,8 @@ class Proxy:
                 self.stats.range_gets += method == "GET" and _get(headers, "range") is not None
                 s = self.settings
                 fault = None
-                if s.fault_rate and self._rng.random() < s.fault_rate:
+                every = s.fault_every and method == "GET" and self.stats.gets % s.fault_every == 0
+                if every or (s.fault_rate and self._rng.random() < s.fault_rate):
                     # kinds in turn, so that every kind shows up in a short run
                     fault = s.faults[sum(self.stats.faults.values()) % len(s.faults)]
                     self.stats.faults[fault] = self.stats.faults.get(fault, 0) + 1
@@ -288,6 +291,8 @@ class Proxy:
             q = {k: v[0] for k, v in parse_qs(url.query).items()}
             if "fault_rate" in q:
                 self.settings.fault_rate = float(q["fault_rate"])
+            if "fault_every" in q:
+                self.settings.fault_every = int(q["fault_every"])
             if "latency_ms" in q:
                 self.settings.latency_s = float(q["latency_ms"]) / 1000
             if "rate_mb" in q:

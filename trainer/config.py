@@ -132,11 +132,16 @@ class StorageConfig(_Strict):
     retry_mode: Literal["standard", "adaptive"] = "standard"  # botocore retry mode
     connect_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(60.0, gt=0)
-    parts_in_flight: int = Field(16, ge=1)  # parallel ranged GETs per object
-    part_size_mb: int = Field(16, ge=1)
-    memory_cache_mb: int = Field(4096, ge=0)
-    disk_cache_dir: Optional[str] = None  # default: a temp dir (SageMaker: /tmp on the instance volume)
-    prefetch_batches: int = Field(8, ge=0)
+    parts_in_flight: int = Field(16, ge=1)  # ranged GETs in flight per process, all objects together
+    part_size_mb: int = Field(8, ge=1)
+    # The object cache: on local disk, kept across runs (keyed by object URL and ETag), least
+    # recently used objects evicted above disk_cache_mb (0: as much as the volume holds, less a
+    # margin); a memory tier on /dev/shm above it (None: half of /dev/shm; 0: none).
+    disk_cache_dir: Optional[str] = None  # default: <tmp>/b2t-data-cache
+    disk_cache_mb: int = Field(0, ge=0)
+    memory_cache_mb: Optional[int] = Field(None, ge=0)
+    verify_md5: bool = False  # also hash each fetched object against its ETag (size + ETag of each part always)
+    prefetch_batches: int = Field(8, ge=0)  # fetch the files of this many batches ahead (0: fetch on demand)
 
 
 class DatasetConfig(_Strict):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 
 from tests.data.data_helpers import all_batches, assert_same_batches, make_cfg, upload
 from trainer.data import DataError, check_data, make_loaders
-from trainer.data.storage import MB, ObjectCache, Storage, filesystem, list_objects
+from trainer.data.storage import MB, ObjectCache, Storage, cache_key, filesystem, list_objects
 
 # enough batches that every session is drawn (and every validation file read)
 FULL_PASS = ["num_training_batches=12"]
@@ -72,17 +73,22 @@ def test_workers_share_the_cache_and_fetch_each_object_once(tiny_dir, tiny_s3, p
     assert proxy.stats.range_gets == 0
 
 
-def test_memory_tier_holds_what_fits_and_disk_the_rest(tiny_dir, tiny_s3, moto_server, tmp_path):
+def test_memory_tier_holds_what_fits_and_disk_everything(tiny_dir, tiny_s3, moto_server, tmp_path):
     cfg = make_cfg(tiny_s3, tmp_path, endpoint=moto_server.url, overrides=["dataset.storage.memory_cache_mb=1"])
     storage = Storage.from_config(cfg.dataset.storage)
     found = list_objects(tiny_s3, [f"{s}/data_{split}.hdf5" for s in cfg.dataset.sessions for split in ("val", "train")],
                          storage)
     cache = ObjectCache(storage)
-    paths = [cache.local_path(obj) for obj in found.values()]
-    in_memory = [p.startswith(storage.memory_dir + "/") for p in paths]
-    assert 0 < sum(in_memory) < len(paths)
-    assert sum(obj.size for obj, m in zip(found.values(), in_memory) if m) <= MB
-    assert all(open(p, "rb").read() == (tiny_dir / rel).read_bytes() for p, rel in zip(paths, found))
+    for obj in found.values():
+        cache.local_path(obj)
+    in_memory = {e.name: e.stat().st_size for e in os.scandir(storage.memory_dir)}
+    assert 0 < len(in_memory) < len(found)
+    assert sum(in_memory.values()) <= MB
+    for rel, obj in found.items():
+        on_disk = os.path.join(cache.objects_dir, cache_key(obj))
+        assert open(on_disk, "rb").read() == (tiny_dir / rel).read_bytes()
+        expected = os.path.join(storage.memory_dir, cache_key(obj)) if cache_key(obj) in in_memory else on_disk
+        assert cache.cached_path(obj) == expected
 
 
 def test_multipart_etags_are_verified(medium_dir, moto_reset, tmp_path, moto_server):

@@ -20,7 +20,7 @@ import torch
 from .errors import DataError, trial_error
 from .index import FileIndex, FileReader, build_index
 from .sampling import Plan, TrainRule, validation_plan
-from .storage import ObjectCache, ObjectInfo, Storage
+from .storage import ObjectCache, ObjectInfo, Progress, Storage
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +70,35 @@ class Catalog:
             return idx
 
     def _load_index(self, obj: ObjectInfo) -> FileIndex:
-        idx = None
-        manifest = None if obj.local else self.cache.manifest_path(obj)
-        if manifest and os.path.exists(manifest):
-            try:
-                with open(manifest) as f:
-                    idx = FileIndex.from_json(f.read())
-            except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged cache entry is rebuilt
-                log.warning("%s: ignoring unreadable cached manifest %s (%s)", obj.url, manifest, e)
-        if idx is None or idx.size != obj.size:
-            idx = build_index(self.cache.local_path(obj), obj.url)
-            if manifest:
-                _write_atomically(manifest, idx.to_json())
+        if obj.local:
+            idx = build_index(obj.path, obj.url)
+        else:
+            idx = self._read_manifest(obj)
+            if idx is None:
+                self.cache.wait_queued(obj)  # the main process's fetcher has it in its queue
+                with self.cache.hold(obj, blocking=True):  # one process builds it, the others read it
+                    idx = self._read_manifest(obj)
+                    if idx is None:
+                        idx = build_index(self.cache.fetch_held(obj), obj.url)
+                        _write_atomically(self.cache.manifest_path(obj), idx.to_json())
         for t in idx.trials:
             if t.input_features.shape[1] != self.spec.neural_dim:
                 raise trial_error(obj.url, t.key, f"input_features has {t.input_features.shape[1]} features, "
                                   f"dataset.neural_dim is {self.spec.neural_dim}")
         return idx
+
+    def _read_manifest(self, obj: ObjectInfo) -> Optional[FileIndex]:
+        """The cached index of this object version, if there is a usable one."""
+        manifest = self.cache.manifest_path(obj)
+        try:
+            with open(manifest) as f:
+                idx = FileIndex.from_json(f.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged cache entry is rebuilt
+            log.warning("%s: ignoring unreadable cached manifest %s (%s)", obj.url, manifest, e)
+            return None
+        return idx if idx is not None and idx.size == obj.size else None
 
     def usable(self, day: int, split: str) -> list[int]:
         """Positions of the trials not excluded by bad_trials_dict."""
@@ -107,9 +119,24 @@ class Catalog:
         with self._lock:
             r = self._readers.get((day, split))
             if r is None:
-                obj = self.spec.file(day, split)
-                r = self._readers[(day, split)] = FileReader(self.cache.local_path(obj), obj.url)
+                r = self._readers[(day, split)] = self._open_reader(self.spec.file(day, split))
             return r
+
+    def _open_reader(self, obj: ObjectInfo) -> FileReader:
+        for attempt in (1, 2):
+            if not obj.local:
+                self.cache.wait_queued(obj)
+            path = self.cache.local_path(obj)
+            try:
+                reader = FileReader(path, obj.url)
+            except FileNotFoundError:  # evicted between lookup and open (a cache over its limit): fetch again
+                if attempt == 2:
+                    raise
+                continue
+            if not obj.local:
+                self.cache.touch(path)
+            return reader
+        raise AssertionError("unreachable")
 
     # -- batches
 
@@ -218,9 +245,10 @@ class _PerProcess:
 class TrainBatches(_PerProcess, torch.utils.data.Dataset):
     """Item ``k`` is the whole training batch number ``start + k``."""
 
-    def __init__(self, spec: DataSpec, rule: TrainRule, start: int, stop: int):
+    def __init__(self, spec: DataSpec, rule: TrainRule, start: int, stop: int, progress: Optional[Progress] = None):
         _PerProcess.__init__(self, spec)
         self.rule, self.start, self.stop = rule, start, max(start, stop)
+        self.progress = progress  # where workers say which batch they are making (the fetcher's pace)
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -232,6 +260,8 @@ class TrainBatches(_PerProcess, torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         if not 0 <= k < len(self):
             raise IndexError(k)
+        if self.progress is not None:
+            self.progress.report(self.start + k)
         return self.catalog().batch(self.plan(self.start + k), TRAIN)
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
+import time
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -13,7 +16,7 @@ import torch
 from .dataset import FILE_NAMES, TRAIN, VAL, Catalog, DataSpec, TrainBatches, ValBatches
 from .errors import DataError
 from .sampling import TrainRule
-from .storage import ObjectCache, ObjectInfo, Storage, list_objects
+from .storage import ObjectCache, ObjectInfo, Progress, Storage, list_objects
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +59,9 @@ def make_loaders(cfg, *, start_batch: int = 0) -> tuple[torch.utils.data.DataLoa
 
     Both yield whole batch dicts (``batch_size=None``). Training batch ``i`` depends only on
     ``dataset.seed``, ``i`` and the data. The validation loader is None when no session has
-    validation data. For remote data a background thread starts fetching the files the first
-    batches need right away (``dataset.storage.prefetch_batches`` batches first, then the
-    rest in the order batches need them; 0 turns it off).
+    validation data. For remote data a :class:`Fetcher` in this process fetches the objects
+    in the order the batches need them (``dataset.storage.prefetch_batches`` batches ahead;
+    0 turns it off and each reader fetches what it needs).
     """
     if start_batch < 0:
         raise ValueError(f"start_batch must be >= 0, got {start_batch}")
@@ -69,52 +72,118 @@ def make_loaders(cfg, *, start_batch: int = 0) -> tuple[torch.utils.data.DataLoa
         seed = secrets.randbits(31)
         log.info("dataset.seed is %d: drawing batches with seed %d", ds.seed, seed)
     rule = TrainRule.create(seed, len(spec.sessions), ds.days_per_batch, ds.batch_size, ds.must_include_days)
-    train = TrainBatches(spec, rule, start_batch, cfg.num_training_batches)
+    fetcher = None
+    if spec.remote:
+        cache = ObjectCache(spec.storage)
+        freed = cache.forget_replaced(spec.files.values())
+        if freed:
+            log.info("cache: removed %.0f MB of replaced object versions", freed / 2**20)
+    progress = Progress(spec.storage.disk_dir) if spec.remote and ds.storage.prefetch_batches > 0 else None
+    train = TrainBatches(spec, rule, start_batch, cfg.num_training_batches, progress)
     val_days = _validation_days(cfg, spec)
     val = ValBatches(spec, val_days, ds.batch_size) if val_days else None
-    if spec.remote and ds.storage.prefetch_batches > 0:
-        order = _first_need_order(spec, rule, start_batch, cfg.num_training_batches, ds.storage.prefetch_batches, val_days)
-        Prefetcher(ObjectCache(spec.storage), order).start()
+    if progress is not None:
+        schedule = need_order(spec, rule, start_batch, cfg.num_training_batches, val_days,
+                              _first_validation(cfg, start_batch))
+        fetcher = Fetcher(Catalog(spec), schedule, progress, ds.storage.prefetch_batches).start()
     workers = ds.num_dataloader_workers
     options = dict(batch_size=None, shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available())
     train_loader = torch.utils.data.DataLoader(train, **options)
     val_loader = torch.utils.data.DataLoader(val, **options) if val is not None else None
+    if fetcher is not None:
+        weakref.finalize(train_loader, fetcher.stop)
     return train_loader, val_loader
 
 
-def _first_need_order(spec: DataSpec, rule: TrainRule, start: int, stop: int, window: int,
-                      val_days: list[int]) -> list[ObjectInfo]:
-    """Training files in the order batches first need them (the next ``window`` batches'
-    files first), then the validation files."""
-    order: list[int] = []
+def _first_validation(cfg, start: int) -> Optional[int]:
+    """The first batch after which the trainer validates (its rule: every
+    ``batches_per_val_step`` batches from batch 0, and after the last)."""
+    stop = cfg.num_training_batches
+    if start >= stop:
+        return None
+    step = cfg.batches_per_val_step
+    return min(-(-start // step) * step, stop - 1)
+
+
+def need_order(spec: DataSpec, rule: TrainRule, start: int, stop: int, val_days: list[int],
+               first_val: Optional[int]) -> list[tuple[int, tuple[int, str]]]:
+    """``(batch, (day, split))`` for every file, by the first batch that needs it: each
+    training file at the first batch drawing from its session, the validation files right
+    after the first validation step (they are read once that batch is done)."""
+    order: list[tuple[int, tuple[int, str]]] = []
+    seen: set[int] = set()
     for i in range(start, stop):
         for d in rule.days(i):
-            if d not in order:
-                order.append(d)
-        if len(order) == rule.n_days:
+            if d not in seen:
+                seen.add(d)
+                order.append((i, (d, TRAIN)))
+        if len(seen) == rule.n_days:
             break
-    head = []
-    for i in range(start, min(stop, start + window)):
-        head.extend(d for d in rule.days(i) if d not in head)
-    days = head + [d for d in order if d not in head]
-    return [spec.file(d, TRAIN) for d in days] + [spec.file(d, VAL) for d in val_days]
+    if first_val is not None:
+        order.extend((first_val + 1, (d, VAL)) for d in val_days)
+    order.sort(key=lambda item: item[0])  # stable: within a batch, the rule's order
+    return order
 
 
-class Prefetcher(threading.Thread):
-    """Fetches objects into the shared cache in the background, skipping any another
-    process is already fetching. Best effort: a failure is logged and the reader that needs
-    the object fetches it again and raises the error."""
+class Fetcher:
+    """Fetches the remote objects of a run into the shared cache, in the order the batches
+    need them, and builds each one's trial index once (the workers read it from the cache).
 
-    def __init__(self, cache: ObjectCache, order: list[ObjectInfo]):
-        super().__init__(name="b2t-data-prefetch", daemon=True)
-        self.cache, self.order = cache, order
+    An object is started once the workers have begun a batch within ``lead`` batches of the
+    first one needing it, or as soon as a reader is waiting for it; a few objects are in
+    progress at once, all sharing the process's ``parts_in_flight`` ranged GETs, so the
+    first batch's bytes go first and nothing is fetched long before it is needed. Every
+    queued object is announced (:meth:`ObjectCache.queue`), so workers wait for it rather
+    than fetch it alongside. Best effort: a failure is logged and released, and the reader
+    that needs the object fetches it itself and raises the error.
+    """
 
-    def run(self) -> None:
-        for obj in self.order:
+    def __init__(self, catalog: Catalog, schedule: list[tuple[int, tuple[int, str]]], progress: Progress,
+                 lead: int, threads: int = 4):
+        self.catalog, self.progress, self.lead = catalog, progress, lead
+        self.cache = catalog.cache
+        self._todo = [(need, key) for need, key in schedule if not self.cache.cached_path(catalog.spec.file(*key))
+                      or not os.path.exists(self.cache.manifest_path(catalog.spec.file(*key)))]
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, name=f"b2t-data-fetch-{i}", daemon=True)
+                         for i in range(min(threads, len(self._todo)))]
+
+    def start(self) -> "Fetcher":
+        for _, key in self._todo:
+            self.cache.queue(self.catalog.spec.file(*key))
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._guard:
+            rest, self._todo = self._todo, []
+        for _, key in rest:
+            self.cache.unqueue(self.catalog.spec.file(*key))
+        self.progress.close()
+
+    def _next(self) -> Optional[tuple[int, tuple[int, str]]]:
+        with self._guard:
+            return self._todo.pop(0) if self._todo else None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            item = self._next()
+            if item is None:
+                return
+            need, (day, split) = item
+            obj = self.catalog.spec.file(day, split)
             try:
-                self.cache.prefetch(obj)
+                while not self._stop.is_set() and need > self.progress.read() + self.lead and not self.cache.wanted(obj):
+                    time.sleep(0.02)
+                if not self._stop.is_set():
+                    self.catalog.index(day, split)
             except DataError as e:
                 log.warning("prefetch failed, will retry when needed: %s", e)
+            finally:
+                self.cache.unqueue(obj)
 
 
 # ---------------------------------------------------------------------------------------

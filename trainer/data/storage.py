@@ -2,20 +2,34 @@
 
 One code path for a local directory, ``file://`` and ``s3://bucket/prefix``: fsspec's
 ``url_to_fs`` with s3fs for S3. Local files are read in place. A remote object is fetched
-whole with parallel ranged GETs into a cache, verified against its size and ETag, and read
-from there; HDF5 is never read through a network file object (h5py over s3fs can deadlock,
-and its many small reads at scattered offsets are what made the seed slow).
+whole with parallel ranged GETs into a cache and read from there; HDF5 is never read
+through a network file object (h5py over s3fs can deadlock, and its many small reads at
+scattered offsets are what made the seed slow).
 
-The cache has two tiers, both plain files so that DataLoader workers share them: memory
-(a directory on ``/dev/shm`` owned by the process that built the loaders, removed when it
-exits) up to ``memory_cache_mb``, then ``disk_cache_dir``. A per-object lock file (POSIX
-record lock, so forked workers never inherit it) and an atomic rename mean concurrent
-workers never fetch the same object twice and never see a partial one.
+The cache (:class:`ObjectCache`) outlives the process: it is a directory on the machine's
+local disk (``disk_dir``; inside a job, the job's local volume), where every object version
+has its own file named by its URL and ETag, so a later run, a resumed run or another
+process on the machine finds it. Above it sits a memory tier on ``/dev/shm`` (sized from
+what ``/dev/shm`` can hold), owned by the process that configured storage and removed when
+it exits, that receives the same bytes as they arrive and is read first. Replaced versions
+of an object are removed, and the least recently used objects are evicted once a tier
+would exceed its size limit.
+
+A fetch in progress is a ``.partial`` file with a ``.progress`` record of how many bytes of
+each part have arrived, written after the bytes: a body cut short is resumed from the byte
+where it stopped, and a run killed with SIGKILL leaves files the next run resumes or
+evicts; nothing lives in a per-process place. A per-object lock file (POSIX record lock,
+released by the kernel when its holder dies, and never inherited by forked workers) means
+concurrent processes never fetch the same object twice and never see a partial one.
+
+Integrity: every part is requested with ``If-Match: <ETag>`` and its length is checked, so
+each part is the size asked for and of the version listed (S3 answers 412 otherwise); a
+full MD5 check against the ETag is an option (``verify_md5``), not on the default path.
 
 Retries: botocore's retry configuration (mode, max_attempts) and timeouts cover requests;
 s3fs's own retry loop is switched off so the two do not multiply. A body cut short
-(truncated, reset mid-transfer, read timeout) is retried here, part by part. Whatever is
-left after that becomes a :class:`DataError` naming the object.
+(truncated, reset mid-transfer, read timeout) is continued here from where it stopped.
+Whatever is left after that becomes a :class:`DataError` naming the object.
 """
 
 from __future__ import annotations
@@ -31,12 +45,14 @@ import mmap
 import os
 import random
 import re
+import secrets
 import shutil
+import struct
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -49,6 +65,8 @@ MB = 1 << 20
 SHM_ROOT = "/dev/shm"
 _MEMORY_DIR_PREFIX = "b2t-data-cache-"
 _SPACE_MARGIN = 64 * MB  # left free on a cache volume
+_READ_SIZE = 1 * MB  # body bytes handed over per read
+DEFAULT_DISK_DIR = os.path.join(tempfile.gettempdir(), "b2t-data-cache")
 
 
 @dataclass(frozen=True)
@@ -62,17 +80,20 @@ class Storage:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     parts_in_flight: int = 16
-    part_size: int = 16 * MB
-    memory_bytes: int = 0
+    part_size: int = 8 * MB
+    memory_bytes: int = 0  # the memory tier's size limit; 0: no memory tier
     memory_dir: Optional[str] = None  # None: no memory tier
-    disk_dir: str = os.path.join(tempfile.gettempdir(), "b2t-data-cache")
+    disk_dir: str = DEFAULT_DISK_DIR
+    disk_bytes: int = 0  # the disk tier's size limit; 0: whatever the volume holds, less a margin
+    verify_md5: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> "Storage":
         """From a ``StorageConfig``; the endpoint falls back to AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL."""
         endpoint = cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        memory_bytes = cfg.memory_cache_mb * MB
-        disk_dir = os.path.abspath(cfg.disk_cache_dir or os.path.join(tempfile.gettempdir(), "b2t-data-cache"))
+        disk_dir = os.path.abspath(cfg.disk_cache_dir or DEFAULT_DISK_DIR)
+        memory_dir = memory_tier_dir(disk_dir) if cfg.memory_cache_mb != 0 else None
+        memory_bytes = memory_tier_bytes(cfg.memory_cache_mb, memory_dir)
         return cls(
             endpoint_url=endpoint or None,
             region=cfg.region,
@@ -83,8 +104,10 @@ class Storage:
             parts_in_flight=cfg.parts_in_flight,
             part_size=cfg.part_size_mb * MB,
             memory_bytes=memory_bytes,
-            memory_dir=owned_memory_dir(disk_dir) if memory_bytes > 0 else None,
+            memory_dir=memory_dir if memory_bytes > 0 else None,
             disk_dir=disk_dir,
+            disk_bytes=cfg.disk_cache_mb * MB,
+            verify_md5=cfg.verify_md5,
         )
 
     def s3_options(self) -> dict:
@@ -92,8 +115,7 @@ class Storage:
             "retries": {"mode": self.retry_mode, "max_attempts": self.max_attempts},
             "connect_timeout": self.connect_timeout_s,
             "read_timeout": self.read_timeout_s,
-            # room for a prefetch and an on-demand fetch at once
-            "max_pool_connections": max(10, 2 * self.parts_in_flight),
+            "max_pool_connections": max(10, self.parts_in_flight + 4),
         }
         options: dict = {"config_kwargs": config, "skip_instance_cache": True}
         if self.endpoint_url:
@@ -101,6 +123,58 @@ class Storage:
         if self.region:
             options["client_kwargs"] = {"region_name": self.region}
         return options
+
+
+def memory_tier_dir(disk_dir: str) -> Optional[str]:
+    """This process's memory tier for the cache at ``disk_dir``: a directory on /dev/shm,
+    created on first use and removed when this process exits (the disk tier is what
+    persists); those of processes that died without removing theirs (SIGKILL) are removed
+    here. None without a writable /dev/shm."""
+    key = (os.getpid(), disk_dir)
+    if key in _owned:
+        return _owned[key]
+    path = None
+    if os.path.isdir(SHM_ROOT) and os.access(SHM_ROOT, os.W_OK):
+        _remove_orphaned_memory_dirs()
+        tag = hashlib.sha1(disk_dir.encode()).hexdigest()[:8]
+        path = os.path.join(SHM_ROOT, f"{_MEMORY_DIR_PREFIX}{os.getpid()}-{tag}")
+        atexit.register(_remove_memory_dir, path, os.getpid())
+    _owned[key] = path
+    return path
+
+
+_owned: dict = {}
+
+
+def _remove_memory_dir(path: str, owner: int) -> None:
+    if os.getpid() == owner:  # forked children inherit atexit handlers
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_orphaned_memory_dirs() -> None:
+    """Memory tiers of processes that died without cleaning up hold RAM until removed."""
+    for name in os.listdir(SHM_ROOT):
+        if not name.startswith(_MEMORY_DIR_PREFIX):
+            continue
+        try:
+            os.kill(int(name[len(_MEMORY_DIR_PREFIX):].split("-")[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(SHM_ROOT, name), ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass  # not ours, or alive under another user
+
+
+def memory_tier_bytes(configured_mb: Optional[int], memory_dir: Optional[str]) -> int:
+    """The memory tier's limit: ``configured_mb`` (None: half of /dev/shm), never more than
+    /dev/shm can hold next to what the tier holds already, less a margin."""
+    if memory_dir is None or configured_mb == 0:
+        return 0
+    s = os.statvfs(SHM_ROOT)
+    total, free = s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize
+    held = _tier_usage(memory_dir)
+    room = max(0, free + held - _SPACE_MARGIN)
+    wanted = total // 2 if configured_mb is None else configured_mb * MB
+    return min(wanted, room)
 
 
 @dataclass(frozen=True)
@@ -187,47 +261,6 @@ def list_objects(root_url: str, rel_paths: list[str], storage: Storage) -> dict[
 
 
 # ---------------------------------------------------------------------------------------
-# The memory tier's directory: owned by the process that configured storage
-
-
-_owned: dict = {}
-
-
-def owned_memory_dir(disk_dir: str) -> Optional[str]:
-    """This process's memory tier for the cache at ``disk_dir``: a directory on /dev/shm,
-    created on first use and removed when this process exits; None without /dev/shm."""
-    key = (os.getpid(), disk_dir)
-    if key in _owned:
-        return _owned[key]
-    path = None
-    if os.path.isdir(SHM_ROOT) and os.access(SHM_ROOT, os.W_OK):
-        _remove_orphaned_memory_dirs()
-        tag = hashlib.sha1(disk_dir.encode()).hexdigest()[:8]
-        path = os.path.join(SHM_ROOT, f"{_MEMORY_DIR_PREFIX}{os.getpid()}-{tag}")
-        atexit.register(_remove_memory_dir, path, os.getpid())
-    _owned[key] = path
-    return path
-
-
-def _remove_memory_dir(path: str, owner: int) -> None:
-    if os.getpid() == owner:  # forked children inherit atexit handlers
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _remove_orphaned_memory_dirs() -> None:
-    """Memory-tier dirs of processes that died without cleaning up hold RAM until removed."""
-    for name in os.listdir(SHM_ROOT):
-        if not name.startswith(_MEMORY_DIR_PREFIX):
-            continue
-        try:
-            os.kill(int(name[len(_MEMORY_DIR_PREFIX) :].split("-")[0]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(SHM_ROOT, name), ignore_errors=True)
-        except (ValueError, PermissionError):
-            pass  # not ours, or alive under another user
-
-
-# ---------------------------------------------------------------------------------------
 # The object cache
 
 
@@ -240,8 +273,12 @@ class _ShortBody(Exception):
     pass
 
 
+class _Changed(Exception):
+    """The object is not the version listed (a part came back with another ETag)."""
+
+
 def _body_errors() -> tuple:
-    """Errors while a response body streams in: retried part by part."""
+    """Errors while a response body streams in: continued from the byte where it stopped."""
     import botocore.exceptions as bce
 
     errors: tuple = (OSError, asyncio.TimeoutError, _ShortBody, bce.ReadTimeoutError, bce.ConnectionClosedError)
@@ -264,6 +301,8 @@ class _ProcessState:
         self.guard = threading.Lock()
         self.fetched_bytes = 0
         self.get_requests = 0
+        self.slots: dict = {}  # event loop -> asyncio.Semaphore shared by every fetch of this process
+        self.queued: dict[str, int] = {}  # key -> fd of the queue lock this process holds
 
 
 _state: Optional[_ProcessState] = None
@@ -283,31 +322,88 @@ def fetch_counters() -> tuple[int, int]:
     return st.fetched_bytes, st.get_requests
 
 
+class Progress:
+    """The highest training batch a worker has started, in a small file of the cache's ``runs``
+    folder: the main process's fetcher paces itself by it. Plain path, so it pickles."""
+
+    def __init__(self, disk_dir: str):
+        runs = os.path.join(disk_dir, "runs")
+        os.makedirs(runs, exist_ok=True)
+        _remove_dead_runs(runs)
+        self.path = os.path.join(runs, f"{os.getpid()}-{secrets.token_hex(4)}.progress")
+        with open(self.path, "wb") as f:
+            f.write(struct.pack("<q", -1))
+        self._fd: Optional[tuple[int, int]] = None  # (pid, fd)
+        self._last = -1
+
+    def report(self, batch: int) -> None:
+        if batch <= self._last:
+            return
+        self._last = batch
+        with contextlib.suppress(OSError):
+            if self._fd is None or self._fd[0] != os.getpid():
+                self._fd = (os.getpid(), os.open(self.path, os.O_RDWR))
+            if batch > self.read():
+                os.pwrite(self._fd[1], struct.pack("<q", batch), 0)
+
+    def read(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                return struct.unpack("<q", f.read(8))[0]
+        except (OSError, struct.error):
+            return -1
+
+    def close(self) -> None:
+        _unlink(self.path)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None}
+
+
+def _remove_dead_runs(runs: str) -> None:
+    """Progress files of runs whose process is gone (killed before it could remove them)."""
+    for e in _scan(runs):
+        try:
+            os.kill(int(e.name.split("-")[0]), 0)
+        except ProcessLookupError:
+            _unlink(e.path)
+        except (ValueError, PermissionError):
+            pass
+
+
+def cache_key(obj: ObjectInfo) -> str:
+    """``<url digest>-<version digest>-<session>-<file>``: one name per object version; the
+    versions of one object share the first part, which is how replaced ones are found."""
+    url_part = hashlib.sha1(obj.url.encode()).hexdigest()[:12]
+    version = hashlib.sha1(f"{obj.etag}\0{obj.size}".encode()).hexdigest()[:8]
+    tail = "-".join(obj.path.rstrip("/").split("/")[-2:])
+    return f"{url_part}-{version}-{re.sub(r'[^A-Za-z0-9._-]', '_', tail)}"
+
+
+_PARTIAL, _PROGRESS = ".partial", ".progress"
+
+
 class ObjectCache:
     """Local copies of remote objects, fetched once per machine; local objects are passed through."""
 
     def __init__(self, storage: Storage):
         self.storage = storage
+        self.objects_dir = os.path.join(storage.disk_dir, "objects")
+        self.manifests_dir = os.path.join(storage.disk_dir, "manifests")
+        self.locks_dir = os.path.join(storage.disk_dir, "locks")
 
-    # -- paths
+    cache_key = staticmethod(cache_key)
 
-    @staticmethod
-    def cache_key(obj: ObjectInfo) -> str:
-        digest = hashlib.sha1(f"{obj.url}\0{obj.etag}\0{obj.size}".encode()).hexdigest()[:16]
-        tail = "-".join(obj.path.rstrip("/").split("/")[-2:])
-        return f"{digest}-{re.sub(r'[^A-Za-z0-9._-]', '_', tail)}"
-
-    def _candidates(self, key: str) -> list[str]:
-        paths = [os.path.join(self.storage.disk_dir, "objects", key)]
-        if self.storage.memory_dir:
-            paths.insert(0, os.path.join(self.storage.memory_dir, key))
-        return paths
+    def _tiers(self) -> list[str]:
+        return [self.storage.memory_dir, self.objects_dir] if self.storage.memory_dir else [self.objects_dir]
 
     def cached_path(self, obj: ObjectInfo) -> Optional[str]:
-        """Where the complete copy is, if there is one."""
+        """Where a complete copy is (memory first), if there is one."""
         if obj.local:
             return obj.path
-        for path in self._candidates(self.cache_key(obj)):
+        key = cache_key(obj)
+        for tier in self._tiers():
+            path = os.path.join(tier, key)
             try:
                 if os.stat(path).st_size == obj.size:
                     return path
@@ -316,34 +412,121 @@ class ObjectCache:
         return None
 
     def manifest_path(self, obj: ObjectInfo) -> str:
-        return os.path.join(self.storage.disk_dir, "manifests", self.cache_key(obj) + ".json")
+        return os.path.join(self.manifests_dir, cache_key(obj) + ".json")
 
     # -- public
 
     def local_path(self, obj: ObjectInfo) -> str:
-        """A path to a complete, verified copy of ``obj``, fetching it (or waiting for the fetch) if needed."""
+        """A path to a complete copy of ``obj``, fetching it (or waiting for the fetch) if needed."""
         path = self.cached_path(obj)
         if path:
             return path
-        with self._lock(obj, blocking=True):
-            return self.cached_path(obj) or self._fetch(obj)
+        with self.hold(obj, blocking=True):
+            return self.fetch_held(obj)
 
     def prefetch(self, obj: ObjectInfo) -> bool:
         """Fetch ``obj`` unless it is cached or someone is fetching it already; True if it is cached now."""
         if self.cached_path(obj):
             return True
-        with self._lock(obj, blocking=False) as got:
+        with self.hold(obj, blocking=False) as got:
             if not got:
                 return False
-            if not self.cached_path(obj):
-                self._fetch(obj)
+            self.fetch_held(obj)
             return True
+
+    def fetch_held(self, obj: ObjectInfo) -> str:
+        """With ``hold(obj)`` held: the cached copy, fetched now if there is none."""
+        return self.cached_path(obj) or self._fetch(obj)
+
+    def touch(self, path: str) -> None:
+        """Mark a cached copy as used now (eviction takes the least recently used first)."""
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+    def forget_replaced(self, objects: Iterable[ObjectInfo]) -> int:
+        """Remove cached copies, partial fetches and manifests of other versions of these
+        objects (replaced since they were cached); returns the bytes freed."""
+        current: dict[str, str] = {}
+        for obj in objects:
+            if not obj.local:
+                key = cache_key(obj)
+                current[key.split("-", 1)[0]] = key
+        freed = 0
+        for tier in [*self._tiers(), self.manifests_dir]:
+            for entry in _scan(tier):
+                key = _base_key(entry.name)
+                url_part = key.split("-", 1)[0]
+                if url_part in current and key != current[url_part]:
+                    freed += self._remove(entry, key)
+        return freed
+
+    # -- the main process's fetcher: which objects it will fetch, and who waits for them
+
+    def queue(self, obj: ObjectInfo) -> bool:
+        """Announce that this process will fetch ``obj`` (a lock held until :meth:`unqueue`):
+        other processes that need it wait for it instead of fetching it alongside."""
+        st = _process_state()
+        key = cache_key(obj)
+        if key in st.queued:
+            return True
+        _makedirs(self.locks_dir, obj)
+        fd = os.open(os.path.join(self.locks_dir, key + ".queue"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        st.queued[key] = fd
+        return True
+
+    def unqueue(self, obj: ObjectInfo) -> None:
+        fd = _process_state().queued.pop(cache_key(obj), None)
+        if fd is not None:
+            os.close(fd)
+        _unlink(os.path.join(self.locks_dir, cache_key(obj) + ".wanted"))
+
+    def wanted(self, obj: ObjectInfo) -> bool:
+        """Whether another process is waiting for ``obj`` now."""
+        return os.path.exists(os.path.join(self.locks_dir, cache_key(obj) + ".wanted"))
+
+    def wait_queued(self, obj: ObjectInfo) -> None:
+        """If another process (the main process's fetcher) has ``obj`` in its queue, ask for it
+        and wait until it is cached or the queue lets go of it (fetched, failed, or the
+        fetcher is gone: the lock dies with its holder)."""
+        key = cache_key(obj)
+        if obj.local or key in _process_state().queued:
+            return
+        path = os.path.join(self.locks_dir, key + ".queue")
+        asked = False
+        while not self.cached_path(obj):
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                return
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return  # nobody holds it
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+            finally:
+                os.close(fd)
+            if not asked:
+                with contextlib.suppress(OSError):
+                    open(os.path.join(self.locks_dir, key + ".wanted"), "a").close()
+                asked = True
+            time.sleep(0.005)
 
     # -- locking
 
     @contextlib.contextmanager
-    def _lock(self, obj: ObjectInfo, *, blocking: bool) -> Iterator[bool]:
-        key = self.cache_key(obj)
+    def hold(self, obj: ObjectInfo, *, blocking: bool) -> Iterator[bool]:
+        """The object's lock, across the threads of this process and across processes."""
+        with self._hold_key(cache_key(obj), blocking=blocking, obj=obj) as got:
+            yield got
+
+    @contextlib.contextmanager
+    def _hold_key(self, key: str, *, blocking: bool, obj: Optional[ObjectInfo] = None) -> Iterator[bool]:
         st = _process_state()
         with st.guard:
             thread_lock = st.key_locks.setdefault(key, threading.Lock())
@@ -351,9 +534,8 @@ class ObjectCache:
             yield False
             return
         try:
-            lock_dir = os.path.join(self.storage.disk_dir, "locks")
-            _makedirs(lock_dir, obj)
-            fd = os.open(os.path.join(lock_dir, key + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            _makedirs(self.locks_dir, obj)
+            fd = os.open(os.path.join(self.locks_dir, key + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 try:
                     fcntl.lockf(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -368,105 +550,219 @@ class ObjectCache:
         finally:
             thread_lock.release()
 
+    # -- space
+
+    def _remove(self, entry: os.DirEntry, key: str) -> int:
+        """Delete one cache file; a partial fetch only when nobody is fetching it."""
+        try:
+            size = entry.stat().st_size
+        except FileNotFoundError:
+            return 0
+        if entry.name.endswith((_PARTIAL, _PROGRESS)):
+            with self._hold_key(key, blocking=False) as got:
+                if not got:
+                    return 0
+                return size if _unlink(entry.path) else 0
+        return size if _unlink(entry.path) else 0
+
+    def _make_room(self, tier: str, need: int, limit: int, keep: str, obj: ObjectInfo) -> bool:
+        """Evict least recently used copies in ``tier`` until ``need`` more bytes fit under
+        ``limit`` (0: no limit) and on the volume; False if they cannot."""
+        entries = [e for e in _scan(tier) if _base_key(e.name) != keep]
+        used = sum(_size(e) for e in entries)
+        free = _free_bytes(tier)
+        over = max(0, used + need - limit) if limit else 0
+        short = max(0, need + _SPACE_MARGIN - free)
+        wanted = max(over, short)
+        if not wanted:
+            return True
+        # complete copies by last use, then partial fetches nobody holds (a killed run's)
+        entries.sort(key=lambda e: (e.name.endswith((_PARTIAL, _PROGRESS)), _mtime(e)))
+        freed = 0
+        for e in entries:
+            if freed >= wanted:
+                break
+            got = self._remove(e, _base_key(e.name))
+            if got:
+                log.info("cache: evicted %s (%.0f MB)", e.path, got / MB)
+                manifest = os.path.join(self.manifests_dir, _base_key(e.name) + ".json")
+                if tier == self.objects_dir and not e.name.endswith((_PARTIAL, _PROGRESS)):
+                    _unlink(manifest)
+            freed += got
+        return freed >= wanted
+
     # -- fetching
 
-    def _reserve(self, obj: ObjectInfo, key: str) -> str:
-        """Pick the tier for a new copy and create its ``.partial`` file at full size (memory first)."""
-        st = self.storage
-        if st.memory_dir and obj.size <= st.memory_bytes:
-            _makedirs(st.memory_dir, obj)
-            fd = os.open(os.path.join(st.memory_dir, ".reserve.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX)
-                used = sum(e.stat().st_size for e in os.scandir(st.memory_dir) if e.is_file() and e.name[0] != ".")
-                if used + obj.size <= st.memory_bytes and _free_bytes(st.memory_dir) >= obj.size + _SPACE_MARGIN:
-                    return _create_partial(os.path.join(st.memory_dir, key), obj)
-            finally:
-                os.close(fd)
-        objects = os.path.join(st.disk_dir, "objects")
-        _makedirs(objects, obj)
-        free = _free_bytes(objects)
-        if free < obj.size + _SPACE_MARGIN:
-            raise DataError(
-                f"{obj.url}: not enough space to cache it in {objects} ({free // MB} MB free, {obj.size // MB} MB "
-                "needed); point dataset.storage.disk_cache_dir at a larger volume or raise memory_cache_mb"
-            )
-        return _create_partial(os.path.join(objects, key), obj)
-
     def _fetch(self, obj: ObjectInfo) -> str:
-        key = self.cache_key(obj)
-        for attempt in (1, 2):
-            partial = self._reserve(obj, key)
+        key = cache_key(obj)
+        st = self.storage
+        _makedirs(self.objects_dir, obj)
+        final = os.path.join(self.objects_dir, key)
+        partial, progress = final + _PARTIAL, final + _PROGRESS
+        ranges = [(a, min(a + st.part_size, obj.size)) for a in range(0, obj.size, st.part_size)]
+        done = _read_progress(partial, progress, obj.size, len(ranges))
+        if done is None:
+            if st.disk_bytes and obj.size > st.disk_bytes:
+                raise DataError(f"{obj.url}: {obj.size / MB:.0f} MB does not fit in the cache's limit "
+                                f"(dataset.storage.disk_cache_mb={st.disk_bytes // MB})")
+            if not self._make_room(self.objects_dir, obj.size, st.disk_bytes, key, obj):
+                free = _free_bytes(self.objects_dir)
+                raise DataError(
+                    f"{obj.url}: not enough space to cache it in {self.objects_dir} ({free // MB} MB free, "
+                    f"{obj.size // MB} MB needed); point dataset.storage.disk_cache_dir at a larger volume"
+                )
+            _create(partial, obj.size, obj)
+            _create(progress, 8 * len(ranges), obj)
+            done = [0] * len(ranges)
+        resumed = sum(done)
+        memory = self._memory_copy(obj, key) if resumed == 0 else None
+        started = time.monotonic()
+        fds = [os.open(partial, os.O_RDWR)]
+        try:
+            if memory:
+                fds.append(os.open(memory, os.O_RDWR))
+            prog_fd = os.open(progress, os.O_RDWR)
             try:
-                started = time.monotonic()
-                fs, _ = filesystem(obj.url, self.storage)
-                fd = os.open(partial, os.O_RDWR)
-                try:
-                    fsspec.asyn.sync(fs.loop, self._fetch_parts, fs, obj, fd)
-                finally:
-                    os.close(fd)
-                verdict = _verify(fs, obj, partial)
-                if verdict is False:
-                    if attempt == 1:
-                        log.warning("%s: content does not match its ETag; fetching it again", obj.url)
-                        os.unlink(partial)
-                        continue
-                    raise DataError(f"{obj.url}: fetched twice and the content does not match its ETag {obj.etag}")
-                final = partial[: -len(".partial")]
-                os.rename(partial, final)
-                took = time.monotonic() - started
-                log.info("fetched %s (%.0f MB, %.1f s, %s)", obj.url, obj.size / MB, took,
-                         "verified" if verdict else "size checked")
-                return final
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(partial)
-                raise
-        raise AssertionError("unreachable")
+                fs, _ = filesystem(obj.url, st)
+                fsspec.asyn.sync(fs.loop, self._fetch_parts, fs, obj, ranges, done, fds, prog_fd)
+            finally:
+                os.close(prog_fd)
+        except BaseException as e:
+            if memory:
+                _unlink(memory)
+            if isinstance(e, DataError) and getattr(e, "stale", False):
+                _unlink(partial), _unlink(progress)  # that version is gone: nothing to resume
+            raise
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if st.verify_md5:
+            self._check_md5(obj, partial, memory)
+        if memory:
+            os.rename(memory, memory[: -len(_PARTIAL)])
+        os.rename(partial, final)
+        _unlink(progress)
+        log.info("fetched %s (%.0f MB%s, %.1f s)", obj.url, obj.size / MB,
+                 f", resumed after {resumed / MB:.1f} MB" if resumed else "", time.monotonic() - started)
+        return memory[: -len(_PARTIAL)] if memory else final
 
-    async def _fetch_parts(self, fs, obj: ObjectInfo, fd: int) -> None:
+    def _memory_copy(self, obj: ObjectInfo, key: str) -> Optional[str]:
+        """A ``.partial`` in the memory tier that receives the bytes too, if the object fits."""
+        st = self.storage
+        if not st.memory_dir or obj.size > st.memory_bytes:
+            return None
+        try:
+            os.makedirs(st.memory_dir, exist_ok=True)
+            if not self._make_room(st.memory_dir, obj.size, st.memory_bytes, key, obj):
+                return None
+            path = os.path.join(st.memory_dir, key + _PARTIAL)
+            _create(path, obj.size, obj)
+            return path
+        except (OSError, DataError) as e:  # the memory tier is an optimisation: the disk copy suffices
+            log.debug("%s: no memory copy (%s)", obj.url, e)
+            return None
+
+    def _check_md5(self, obj: ObjectInfo, partial: str, memory: Optional[str]) -> None:
+        fs, _ = filesystem(obj.url, self.storage)
+        if _verify(fs, obj, partial) is False:
+            for path in (partial, partial[: -len(_PARTIAL)] + _PROGRESS, memory):
+                if path:
+                    _unlink(path)
+            raise DataError(f"{obj.url}: the content does not match its ETag {obj.etag} (MD5 check); "
+                            "it will be fetched again on the next attempt")
+
+    async def _fetch_parts(self, fs, obj: ObjectInfo, ranges: list, done: list, fds: list, prog_fd: int) -> None:
         st = self.storage
         bucket, key, _ = fs.split_path(obj.path)
-        ranges = [(a, min(a + st.part_size, obj.size)) for a in range(0, obj.size, st.part_size)]
-        slots = asyncio.Semaphore(st.parts_in_flight)
-        body_errors = _body_errors()
         counters = _process_state()
+        loop = asyncio.get_running_loop()
+        slots = counters.slots.get(loop)
+        if slots is None:
+            slots = counters.slots[loop] = asyncio.Semaphore(st.parts_in_flight)
+        body_errors = _body_errors()
         extra = {"IfMatch": obj.etag} if obj.etag else {}
 
-        async def one(start: int, stop: int) -> None:
+        async def one(i: int, start: int, stop: int) -> None:
+            pos = start + done[i]
+            if pos >= stop:
+                return
+            failures = 0
             async with slots:
-                for attempt in range(1, st.max_attempts + 1):
+                while pos < stop:
                     # Request-level failures were already retried by botocore: they end the fetch.
-                    resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{stop - 1}", **extra)
+                    resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={pos}-{stop - 1}",
+                                             **extra)
                     counters.get_requests += 1
+                    if obj.etag and resp.get("ETag") and resp["ETag"] != obj.etag:
+                        raise _Changed(resp["ETag"])
                     body = resp["Body"]
+                    before = pos
                     try:
-                        data = await body.read()
-                        if len(data) != stop - start:
-                            raise _ShortBody(f"got {len(data)} of {stop - start} bytes")
+                        if int(resp.get("ContentLength", stop - pos)) != stop - pos:
+                            raise _ShortBody(f"asked for {stop - pos} bytes, the response has {resp.get('ContentLength')}")
+                        while pos < stop:
+                            data = await body.read(min(_READ_SIZE, stop - pos))
+                            if not data:
+                                raise _ShortBody(f"body ended after {pos - start} of {stop - start} bytes")
+                            for fd in fds:
+                                _pwrite_all(fd, data, pos)
+                            pos += len(data)
+                            counters.fetched_bytes += len(data)
+                            done[i] = pos - start
+                            os.pwrite(prog_fd, struct.pack("<Q", pos - start), 8 * i)
                     except body_errors as e:
-                        if attempt == st.max_attempts:
-                            raise _PartFailed(start, stop, attempt, e) from e
-                        log.debug("%s bytes %d-%d: %r, retrying", obj.url, start, stop - 1, e)
-                        await asyncio.sleep(min(5.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
-                        continue
+                        failures = 1 if pos > before else failures + 1  # progress resets the count
+                        if failures >= st.max_attempts:
+                            raise _PartFailed(start, stop, failures, e) from e
+                        log.debug("%s bytes %d-%d: %r after %d bytes, continuing from byte %d",
+                                  obj.url, start, stop - 1, e, pos - before, pos)
+                        await asyncio.sleep(min(5.0, 0.05 * 2**failures) * random.uniform(0.5, 1.0))
                     finally:
                         body.close()
-                    _pwrite_all(fd, data, start)
-                    counters.fetched_bytes += len(data)
-                    return
 
-        tasks = [asyncio.ensure_future(one(a, b)) for a, b in ranges]
+        tasks = [asyncio.ensure_future(one(i, a, b)) for i, (a, b) in enumerate(ranges)]
         try:
             await asyncio.gather(*tasks)
         except BaseException as e:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            raise _fetch_error(obj, e) from e
+            current = str(e) if isinstance(e, _Changed) else await _current_etag(fs, obj) \
+                if _precondition_failed(e) else None
+            raise _fetch_error(obj, e, current) from e
 
 
-def _fetch_error(obj: ObjectInfo, e: BaseException) -> BaseException:
+async def _current_etag(fs, obj: ObjectInfo) -> Optional[str]:
+    bucket, key, _ = fs.split_path(obj.path)
+    try:
+        return (await fs._call_s3("head_object", Bucket=bucket, Key=key)).get("ETag")
+    except Exception as e:  # deleted, or unreadable: the message says so
+        log.debug("%s: HEAD failed: %r", obj.url, e)
+        return None
+
+
+def _precondition_failed(e: Optional[BaseException]) -> bool:
+    """A 412 somewhere in the chain (s3fs turns botocore's PreconditionFailed into OSError(EINVAL))."""
+    seen = 0
+    while e is not None and seen < 10:
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):
+            if response.get("Error", {}).get("Code") == "PreconditionFailed" or \
+                    response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412:
+                return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _fetch_error(obj: ObjectInfo, e: BaseException, current_etag: Optional[str]) -> BaseException:
+    if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
+        return e
+    if isinstance(e, _Changed) or _precondition_failed(e):
+        new = current_etag.strip('"') if current_etag else "deleted or unreadable"
+        err = DataError(f"{obj.url}: object changed while the run was reading it "
+                        f"(ETag {(obj.etag or '').strip(chr(34))} → {new})")
+        err.stale = True  # type: ignore[attr-defined]
+        return err
     if isinstance(e, _PartFailed):
         return DataError(
             f"{obj.url}: bytes {e.start}-{e.stop - 1} failed {e.attempts} times; last error "
@@ -476,11 +772,67 @@ def _fetch_error(obj: ObjectInfo, e: BaseException) -> BaseException:
         return DataError(f"{obj.url}: object not found (deleted after listing?)")
     if isinstance(e, PermissionError):
         return DataError(f"{obj.url}: access denied ({e})")
-    if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
+    if isinstance(e, DataError):
         return e
-    if "PreconditionFailed" in str(e) or "412" in str(e):
-        return DataError(f"{obj.url}: the object changed while it was being fetched (ETag {obj.etag} no longer matches)")
     return DataError(f"{obj.url}: fetch failed after retries ({type(e).__name__}: {e})")
+
+
+def _read_progress(partial: str, progress: str, size: int, n_parts: int) -> Optional[list[int]]:
+    """Bytes received per part by an earlier, interrupted fetch of this version; None if there is none."""
+    try:
+        if os.stat(partial).st_size != size:
+            raise FileNotFoundError
+        with open(progress, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        _unlink(partial), _unlink(progress)
+        return None
+    if len(raw) != 8 * n_parts:  # another part size: start over
+        _unlink(partial), _unlink(progress)
+        return None
+    return list(struct.unpack(f"<{n_parts}Q", raw))
+
+
+def _scan(directory: Optional[str]) -> list[os.DirEntry]:
+    if not directory:
+        return []
+    try:
+        return [e for e in os.scandir(directory) if e.is_file() and not e.name.startswith(".")]
+    except FileNotFoundError:
+        return []
+
+
+def _base_key(name: str) -> str:
+    for suffix in (_PARTIAL, _PROGRESS, ".json"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _tier_usage(directory: str) -> int:
+    return sum(_size(e) for e in _scan(directory))
+
+
+def _size(e: os.DirEntry) -> int:
+    try:
+        return e.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _mtime(e: os.DirEntry) -> float:
+    try:
+        return e.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -490,24 +842,22 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def _create_partial(final: str, obj: ObjectInfo) -> str:
-    partial = final + ".partial"
+def _create(path: str, size: int, obj: ObjectInfo) -> None:
     try:
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.ftruncate(fd, obj.size)
+            os.ftruncate(fd, size)
         finally:
             os.close(fd)
     except OSError as e:
-        raise DataError(f"{obj.url}: cannot create its cache file {partial} ({e.strerror})") from e
-    return partial
+        raise DataError(f"{obj.url}: cannot create its cache file {path} ({e.strerror})") from e
 
 
-def _makedirs(path: str, obj: ObjectInfo) -> None:
+def _makedirs(path: str, obj: Optional[ObjectInfo]) -> None:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        raise DataError(f"{obj.url}: cannot create cache directory {path} ({e.strerror})") from e
+        raise DataError(f"{obj.url if obj else path}: cannot create cache directory {path} ({e.strerror})") from e
 
 
 def _free_bytes(path: str) -> int:
