@@ -1,41 +1,44 @@
-"""Benchmark: training batches from local disk vs from S3 through our data layer vs the seed's pattern.
+"""Benchmark: what a user waits for, training batches from S3 through our data layer vs local disk.
 
-One run, side by side on this machine:
+One run, on this machine, for each dataset size (default: 6 sessions of 60+15 trials,
+668 MB, and 45 sessions of 10+3 trials, 899 MB, the real release's session count):
 
-- a synthetic t15 dataset of realistic shape (several sessions, T 200-1500 bins, 512
-  float32 features, a few hundred MB), written once under ``bench/.cache/`` and reused;
+- a synthetic t15 dataset of realistic shape (T 200-1500 bins, 512 float32 features),
+  written once under ``bench/.cache/`` and reused;
 - a local S3 endpoint: moto in server mode (``bench/s3server.py``, ranged GETs served
   without moto's whole-object copy) behind ``bench/s3proxy.py`` (20 ms first-byte latency,
   80 MB/s per connection), each in its own process;
-- (1) local disk through ``trainer.data``, (2) S3 through ``trainer.data``, (3) the seed's
-  pattern: every batch reopens each session file through s3fs + h5py (s3fs defaults);
-- steady-state batches/s (batch 64 from 4 sessions, several DataLoader workers) over the
-  same batch numbers for (1) and (2), after (2) has every object cached; time to first
-  batch; ranged GETs and bytes served by the endpoint; the endpoint's own per-request cost.
+- rounds alternating local disk and a cold S3 start (empty cache), in alternating order, so
+  that the load of whatever else runs here hits both alike: each is ``make_loaders`` from
+  scratch (listing included), batch 0, the validation pass the trainer runs after batch 0,
+  then training batches up to 150 (batch 64 from 4 sessions, 4 DataLoader workers, no
+  model step); then a restart: S3 again on the cache the last cold round left (a resumed or
+  restarted run on the same machine or volume), against local disk again.
 
-Last line: ``s3_over_local=… bytes_over_dataset=… seed_over_local=… first_batch_s3_over_local=…``
-(goal: s3_over_local >= 0.97 and bytes_over_dataset <= 1.05).
+Per size: ``cold_s3_over_local`` = local time / S3 time for the whole run (summed over
+rounds), ``first_batch_s3_over_local``, ``bytes_over_dataset`` (bytes the endpoint sent in a
+cold run / dataset size), ``restart_s3_over_local`` and ``restart_bytes_over_dataset``.
+Last line: the worst of each over the sizes (goals: cold_s3_over_local >= 0.97,
+first_batch_s3_over_local <= 1.5, bytes_over_dataset <= 1.01, restart_bytes_over_dataset <= 0.01).
 
-    python bench/stream.py                 # defaults: ~5 min on 2 cores
-    python bench/stream.py --windows 4 --seed-batches 2   # quicker
+    python bench/stream.py                      # defaults: ~15 min on 2 busy cores
+    python bench/stream.py --sizes 6x60+15 --rounds 1   # quicker
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
 import os
-import random
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -53,7 +56,6 @@ from trainer.data import check_data, make_loaders  # noqa: E402
 from trainer.data.dataset import TRAIN, Catalog  # noqa: E402
 from trainer.data.loaders import build_spec  # noqa: E402
 from trainer.data.sampling import TrainRule  # noqa: E402
-from trainer.data.storage import ObjectCache  # noqa: E402
 from trainer.synthetic import SyntheticSpec, generate  # noqa: E402
 
 log = logging.getLogger("bench.stream")
@@ -126,28 +128,16 @@ def s3_client(url: str):
     return boto3.client("s3", endpoint_url=url, region_name="us-east-1")
 
 
-def upload(endpoint: Endpoint, root: Path) -> str:
+def upload(endpoint: Endpoint, root: Path, prefix: str = PREFIX) -> str:
     from boto3.s3.transfer import TransferConfig
 
     client = s3_client(endpoint.moto_url)
-    client.create_bucket(Bucket=BUCKET)
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(Bucket=BUCKET)
     config = TransferConfig(multipart_threshold=8 * MB, multipart_chunksize=8 * MB)  # as `aws s3 sync` does
     for path in sorted(root.rglob("*.hdf5")):
-        client.upload_file(str(path), BUCKET, f"{PREFIX}/{path.relative_to(root).as_posix()}", Config=config)
-    return f"s3://{BUCKET}/{PREFIX}"
-
-
-def request_cost_ms(url: str, key: str, size: int, n: int = 40) -> float:
-    """Median time of a 1 KiB ranged GET at a random offset of a large object."""
-    client = s3_client(url)
-    rng = random.Random(0)
-    times = []
-    for _ in range(n):
-        a = rng.randrange(0, size - 1024)
-        t = time.perf_counter()
-        client.get_object(Bucket=BUCKET, Key=key, Range=f"bytes={a}-{a + 1023}")["Body"].read()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
+        client.upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(root).as_posix()}", Config=config)
+    return f"s3://{BUCKET}/{prefix}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,57 +161,6 @@ def bench_cfg(url: str, cache_dir: Path, *, endpoint: Optional[str], workers: in
     if endpoint:
         items.append(f"dataset.storage.endpoint_url={endpoint}")
     return load_config(None, items)
-
-
-class Stream:
-    """A train loader being consumed: first-batch time, then batches on demand."""
-
-    def __init__(self, name: str, cfg: TrainConfig):
-        spec = build_spec(cfg)
-        self.name, self._cache, self._objects = name, ObjectCache(spec.storage), list(spec.files.values())
-        t0 = time.perf_counter()
-        self._it = iter(make_loaders(cfg)[0])
-        next(self._it)
-        self.first_batch_s = time.perf_counter() - t0
-        self.position = 1
-
-    def all_cached(self) -> bool:
-        return all(self._cache.cached_path(o) for o in self._objects)
-
-    def take(self, n: int) -> list[float]:
-        """Arrival times of the next n batches."""
-        times = []
-        for _ in range(n):
-            next(self._it)
-            times.append(time.perf_counter())
-        self.position += n
-        return times
-
-    def close(self) -> None:
-        del self._it  # shuts the workers down
-
-
-def race(streams: list[Stream], seconds: float, settle: float = 3.0) -> dict[str, int]:
-    """Consume every stream at once, each from its own thread, for ``seconds``; count the
-    batches each delivered after ``settle`` (queued batches arrive first and are not counted).
-    Whatever else loads the machine loads all streams alike, so the counts' ratio is the
-    ratio of their throughputs even on a noisy host."""
-    stop = threading.Event()
-    arrivals: dict[str, list[float]] = {s.name: [] for s in streams}
-
-    def consume(stream: Stream) -> None:
-        while not stop.is_set():
-            arrivals[stream.name].extend(stream.take(1))
-
-    threads = [threading.Thread(target=consume, args=(s,)) for s in streams]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    return {name: sum(1 for a in times if t0 + settle <= a <= t0 + seconds) for name, times in arrivals.items()}
 
 
 class SeedPattern(torch.utils.data.Dataset):
@@ -286,23 +225,103 @@ def run_seed(url: str, endpoint: Endpoint, local_root: Path, sessions: list[str]
 # ---------------------------------------------------------------------------------------
 
 
+@dataclass
+class Timed:
+    first_s: float  # make_loaders() to batch 0
+    val_s: float  # the validation pass after batch 0
+    total_s: float  # make_loaders() to the last batch
+    body_bytes: int = 0  # sent by the endpoint (S3 runs)
+
+
+def timed_run(cfg: TrainConfig, batches: int, endpoint: Optional[Endpoint]) -> Timed:
+    """What a user waits for: loaders from scratch, batch 0, validation, then up to ``batches``."""
+    if endpoint:
+        endpoint.reset()
+    t0 = time.perf_counter()
+    train, val = make_loaders(cfg)
+    it = iter(train)
+    next(it)
+    first = time.perf_counter()
+    if val is not None:
+        for _ in val:
+            pass
+    after_val = time.perf_counter()
+    for _ in range(batches - 1):
+        next(it)
+    total = time.perf_counter() - t0
+    del it, train, val  # shuts the workers down
+    return Timed(first - t0, after_val - first, total, endpoint.stats()["body_bytes"] if endpoint else 0)
+
+
+def cpu_busy() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)
+
+
+def bench_size(size: str, args, endpoint: Endpoint, runs_dir: Path) -> dict:
+    n, rest = size.split("x")
+    train_trials, val_trials = (int(x) for x in rest.split("+"))
+    root = dataset(args.cache, int(n), train_trials, val_trials)
+    sessions = sorted(p.name for p in root.iterdir() if p.is_dir())
+    summary = check_data(bench_cfg(str(root), args.cache / "unused", endpoint=None, workers=0, sessions=sessions))
+    dataset_bytes = summary.total_bytes
+    url = upload(endpoint, root, f"{PREFIX}/{size}")
+    log.info("%s: %d sessions, %d+%d trials, %.0f MB", size, len(sessions), summary.n_train, summary.n_val,
+             dataset_bytes / MB)
+
+    def local() -> Timed:
+        return timed_run(bench_cfg(str(root), runs_dir / "unused", endpoint=None, workers=args.workers,
+                                   sessions=sessions), args.batches, None)
+
+    def s3(cache_dir: Path) -> Timed:
+        return timed_run(bench_cfg(url, cache_dir, endpoint=endpoint.url, workers=args.workers, sessions=sessions),
+                         args.batches, endpoint)
+
+    cold: dict[str, list[Timed]] = {"local": [], "s3": []}
+    for r in range(args.rounds):
+        for kind in (("local", "s3") if r % 2 == 0 else ("s3", "local")):
+            t = local() if kind == "local" else s3(runs_dir / f"{size}-{r}")
+            cold[kind].append(t)
+            log.info("%s round %d %s: first batch %.2f s, validation %.2f s, %d batches %.2f s, %.0f MB from S3",
+                     size, r + 1, kind, t.first_s, t.val_s, args.batches, t.total_s, t.body_bytes / MB)
+    warm: dict[str, list[Timed]] = {"local": [], "s3": []}
+    for kind in ("s3", "local"):
+        t = local() if kind == "local" else s3(runs_dir / f"{size}-{args.rounds - 1}")
+        warm[kind].append(t)
+        log.info("%s restart %s: first batch %.2f s, %d batches %.2f s, %.2f MB from S3", size, kind, t.first_s,
+                 args.batches, t.total_s, t.body_bytes / MB)
+
+    def total(runs: list[Timed], attr: str) -> float:
+        return sum(getattr(t, attr) for t in runs)
+
+    return {
+        "sessions": len(sessions),
+        "dataset_mb": dataset_bytes / MB,
+        "local_s": [t.total_s for t in cold["local"]],
+        "s3_s": [t.total_s for t in cold["s3"]],
+        "local_first_s": [t.first_s for t in cold["local"]],
+        "s3_first_s": [t.first_s for t in cold["s3"]],
+        "cold_s3_over_local": total(cold["local"], "total_s") / total(cold["s3"], "total_s"),
+        "first_batch_s3_over_local": total(cold["s3"], "first_s") / total(cold["local"], "first_s"),
+        "bytes_over_dataset": max(t.body_bytes for t in cold["s3"]) / dataset_bytes,
+        "restart_s3_over_local": total(warm["local"], "total_s") / total(warm["s3"], "total_s"),
+        "restart_bytes_over_dataset": warm["s3"][0].body_bytes / dataset_bytes,
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--cache", type=Path, default=ROOT / "bench/.cache")
-    p.add_argument("--sessions", type=int, default=6)
-    p.add_argument("--train-trials", type=int, default=60)
-    p.add_argument("--val-trials", type=int, default=15)
+    p.add_argument("--sizes", default="6x60+15,45x10+3", help="datasets: SESSIONSxTRAIN+VAL trials, comma-separated")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--windows", type=int, default=6, help="steady-state windows per loader (median counts)")
-    p.add_argument("--window", type=int, default=24, help="batches per window")
-    p.add_argument("--races", type=int, default=4, help="side-by-side races (their total gives s3_over_local)")
-    p.add_argument("--race-s", type=float, default=30.0, help="seconds per race")
-    p.add_argument("--seed-batches", type=int, default=4, help="batches of the (slow) seed pattern; 0 skips it")
+    p.add_argument("--batches", type=int, default=150)
+    p.add_argument("--rounds", type=int, default=2, help="cold rounds per size, each local + S3 in alternating order")
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--rate-mb", type=float, default=80.0)
-    p.add_argument("--fault-rate", type=float, default=0.0,
-                   help="fraction of requests the proxy fails (503, reset, truncated body) while our S3 loader fetches")
+    p.add_argument("--seed-batches", type=int, default=0,
+                   help="also time this many batches of the seed's pattern (s3fs + h5py per batch) on the first size")
     args = p.parse_args(argv)
     # Only local endpoints are ever contacted: dummy credentials, no profile, no instance metadata.
     for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
@@ -313,108 +332,48 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message="This DataLoader will create")  # more workers than cores: on purpose
     logging.getLogger("trainer.data.storage").setLevel(logging.WARNING)
 
-    root = dataset(args.cache, args.sessions, args.train_trials, args.val_trials)
-    sessions = sorted(p.name for p in root.iterdir() if p.is_dir())
-    summary = check_data(bench_cfg(str(root), args.cache / "unused", endpoint=None, workers=0, sessions=sessions))
-    dataset_bytes = summary.total_bytes
-    t_min = min(s.min_time_steps for s in summary.sessions)
-    t_max = max(s.max_time_steps for s in summary.sessions)
-    log.info("dataset: %d sessions, %d+%d trials, T %d-%d, %.0f MB", len(sessions), summary.n_train, summary.n_val,
-             t_min, t_max, dataset_bytes / MB)
-
     endpoint = Endpoint(args.latency_ms, args.rate_mb)
     runs_dir = Path(tempfile.mkdtemp(prefix="b2t-bench-"))
+    load0, busy0 = os.getloadavg()[0], cpu_busy()
+    results = []
+    seed = None
     try:
-        url = upload(endpoint, root)
-        big = max(root.rglob("data_train.hdf5"), key=lambda q: q.stat().st_size)
-        big_key = f"{PREFIX}/{big.relative_to(root).as_posix()}"
-        cost_moto = request_cost_ms(endpoint.moto_url, big_key, big.stat().st_size)
-        cost_proxy = request_cost_ms(endpoint.url, big_key, big.stat().st_size)
-        log.info("endpoint: 1 KiB ranged GET of a %.0f MB object: %.1f ms at moto, %.1f ms through the proxy",
-                 big.stat().st_size / MB, cost_moto, cost_proxy)
-
-        # (2) S3 until every object is cached, then (1) local up to the same batch
-        endpoint.reset()
-        remote_call(endpoint.url, f"config?fault_rate={args.fault_rate}", "POST")
-        s3 = Stream("S3", bench_cfg(url, runs_dir / "s3", endpoint=endpoint.url, workers=args.workers,
-                                    sessions=sessions))
-        while not s3.all_cached():
-            s3.take(1)
-        s3.take(2 * args.workers + 2)  # what workers had started before the last fetch finished
-        warm = s3.position
-        stats = endpoint.stats()
-        remote_call(endpoint.url, "config?fault_rate=0", "POST")
-        s3_gets, s3_bytes = stats["range_gets"], stats["body_bytes"]
-        if args.fault_rate:
-            log.info("faults injected while fetching: %s", stats["faults"])
-        local = Stream("local", bench_cfg(str(root), runs_dir / "local", endpoint=None, workers=args.workers,
-                                          sessions=sessions))
-        local.take(warm - local.position)
-        log.info("first batch: local %.2f s, S3 %.2f s; every object cached by batch %d (%d ranged GETs, %.0f MB)",
-                 local.first_batch_s, s3.first_batch_s, warm, s3_gets, s3_bytes / MB)
-
-        # Steady state in alternating windows over the same batch numbers, so that the load of
-        # whatever else runs on this machine hits both alike. A window's first batches were
-        # made while the loader waited (its prefetch queue): only the rest are timed.
-        queued = 2 * args.workers
-        pairs = []
-        for w in range(args.windows):
-            rates = {}
-            for stream in ((local, s3) if w % 2 == 0 else (s3, local)):
-                times = stream.take(args.window)
-                rates[stream.name] = (args.window - queued) / (times[-1] - times[queued - 1])
-            pairs.append(rates)
-            log.info("window %d: local %.2f, S3 %.2f batches/s", w + 1, rates["local"], rates["S3"])
-        races = []
-        for r in range(args.races):
-            counts = race([local, s3] if r % 2 == 0 else [s3, local], args.race_s)
-            races.append(counts)
-            log.info("race %d (%.0f s, both at once): local %d, S3 %d batches", r + 1, args.race_s,
-                     counts["local"], counts["S3"])
-        local.close()
-        s3.close()
-        seed = run_seed(url, endpoint, root, sessions, args.workers, args.seed_batches) if args.seed_batches else None
+        for size in args.sizes.split(","):
+            results.append(bench_size(size, args, endpoint, runs_dir))
+            if args.seed_batches and seed is None:
+                n, rest = size.split("x")
+                root = dataset(args.cache, int(n), *(int(x) for x in rest.split("+")))
+                sessions = sorted(q.name for q in root.iterdir() if q.is_dir())
+                seed = run_seed(f"s3://{BUCKET}/{PREFIX}/{size}", endpoint, root, sessions, args.workers,
+                                args.seed_batches)
     finally:
         endpoint.stop()
         shutil.rmtree(runs_dir, ignore_errors=True)
+    busy1 = cpu_busy()
+    busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
 
-    local_rate = statistics.median(p["local"] for p in pairs)
-    s3_rate = statistics.median(p["S3"] for p in pairs)
-    s3_over_local = sum(c["S3"] for c in races) / sum(c["local"] for c in races)
-    seed_rate = len(seed.arrivals) / seed.arrivals[-1] if seed else float("nan")
-    local_first, s3_first = local.first_batch_s, s3.first_batch_s
-
-    rows = [
-        ("local disk, trainer.data", local_rate, local_first, 0, 0),
-        ("S3, trainer.data", s3_rate, s3_first, s3_gets, s3_bytes),
-    ]
-    if seed:
-        rows.append(("S3, seed pattern", seed_rate, seed.first_batch_s, seed.range_gets / len(seed.arrivals),
-                     seed.body_bytes / len(seed.arrivals)))
     print()
-    print(f"dataset: {len(sessions)} sessions, {summary.n_train} train + {summary.n_val} val trials, T {t_min}-{t_max}, "
-          f"{dataset_bytes / MB:.0f} MB; batch 64 from 4 sessions, {args.workers} workers")
-    print(f"endpoint: {args.latency_ms:.0f} ms first-byte latency, {args.rate_mb:.0f} MB/s per connection; "
-          f"1 KiB ranged GET {cost_moto:.1f} ms at moto (patched ranges), {cost_proxy:.1f} ms through the proxy")
-    per_window = ", ".join(f"{p['S3'] / p['local']:.2f}" for p in pairs)
-    per_race = ", ".join(f"{c['S3']}/{c['local']}" for c in races)
-    print(f"steady state from batch {warm}: batches/s = median of {args.windows} alternating windows of "
-          f"{args.window} batches (S3/local per window: {per_window});")
-    print(f"  s3_over_local = S3/local batches delivered in {args.races} races of {args.race_s:.0f} s with both "
-          f"loaders running at once ({per_race})")
-    print(f"{'':28} {'batches/s':>10} {'1st batch s':>12} {'GETs':>10} {'MB from S3':>12}")
-    for name, rate, first, gets, nbytes in rows:
-        print(f"{name:28} {rate:>10.3f} {first:>12.2f} {gets:>10.0f} {nbytes / MB:>12.1f}")
-    print("(seed pattern: GETs and MB per batch; ours: per run, which fetches every object)")
-    result = {
-        "s3_over_local": s3_over_local,
-        "bytes_over_dataset": s3_bytes / dataset_bytes,
-        "seed_over_local": seed_rate / local_rate,
-        "first_batch_s3_over_local": s3_first / local_first,
-    }
-    (args.cache / "stream-result.json").write_text(
-        json.dumps({**result, "rows": rows, "windows": pairs, "races": races}, indent=1))
-    print(" ".join(f"{k}={v:#.3g}" for k, v in result.items()))
+    print(f"endpoint: {args.latency_ms:.0f} ms first-byte latency, {args.rate_mb:.0f} MB/s per connection; batch 64 from "
+          f"4 sessions, {args.workers} workers, {args.batches} batches + the validation pass after batch 0; "
+          f"machine: {os.cpu_count()} cores, load average {load0:.1f} at start / {os.getloadavg()[0]:.1f} at end, "
+          f"{busy:.0%} busy")
+    keys = ("cold_s3_over_local", "first_batch_s3_over_local", "bytes_over_dataset", "restart_s3_over_local",
+            "restart_bytes_over_dataset")
+    for r in results:
+        runs = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(r["local_s"], r["s3_s"]))
+        firsts = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r["local_first_s"], r["s3_first_s"]))
+        print(f"{r['sessions']} sessions, {r['dataset_mb']:.0f} MB: local/S3 s per cold run {runs}; first batch {firsts}")
+    if seed:
+        print(f"seed pattern (reopen each file through s3fs + h5py every batch): "
+              f"{len(seed.arrivals) / seed.arrivals[-1]:.3f} batches/s, {seed.body_bytes / len(seed.arrivals) / MB:.0f} MB "
+              f"and {seed.range_gets / len(seed.arrivals):.0f} GETs per batch")
+    for r in results:
+        print(f"sessions={r['sessions']} " + " ".join(f"{k}={r[k]:#.3g}" for k in keys))
+    worst = {k: (min if k.endswith("over_local") and not k.startswith("first") else max)(r[k] for r in results)
+             for k in keys}
+    (args.cache / "stream-result.json").write_text(json.dumps({"results": results, "worst": worst, "busy": busy},
+                                                              indent=1))
+    print(" ".join(f"{k}={v:#.3g}" for k, v in worst.items()))
     return 0
 
 

@@ -136,10 +136,11 @@ class StorageConfig(_Strict):
     part_size_mb: int = Field(8, ge=1)
     # The object cache: on local disk, kept across runs (keyed by object URL and ETag), least
     # recently used objects evicted above disk_cache_mb (0: as much as the volume holds, less a
-    # margin); a memory tier on /dev/shm above it (None: half of /dev/shm; 0: none).
+    # margin); a memory tier on /dev/shm above it (None: half of /dev/shm; 0, the default: none, the
+    # page cache keeps recent objects in memory anyway and a second copy costs a copy per byte).
     disk_cache_dir: Optional[str] = None  # default: <tmp>/b2t-data-cache
     disk_cache_mb: int = Field(0, ge=0)
-    memory_cache_mb: Optional[int] = Field(None, ge=0)
+    memory_cache_mb: Optional[int] = Field(0, ge=0)
     verify_md5: bool = False  # also hash each fetched object against its ETag (size + ETag of each part always)
     prefetch_batches: int = Field(8, ge=0)  # fetch the files of this many batches ahead (0: fetch on demand)
 

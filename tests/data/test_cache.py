@@ -137,7 +137,7 @@ def test_least_recently_used_objects_are_evicted_above_the_limit(tiny_dir, tiny_
     limit_mb = 1
     assert dataset_bytes(tiny_dir) > limit_mb * MB  # the limit is smaller than the dataset
     cfg = make_cfg(tiny_s3, tmp_path, endpoint=moto_server.url,
-                   overrides=[*FULL_PASS, f"dataset.storage.disk_cache_mb={limit_mb}", "dataset.storage.memory_cache_mb=0"])
+                   overrides=[*FULL_PASS, f"dataset.storage.disk_cache_mb={limit_mb}", "dataset.storage.prefetch_batches=0"])
     assert_same_batches(all_batches(cfg), all_batches(make_cfg(tiny_dir, tmp_path, overrides=FULL_PASS)))
     objects = tmp_path / "cache" / "objects"
     assert sum(p.stat().st_size for p in objects.iterdir()) <= limit_mb * MB

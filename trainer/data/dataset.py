@@ -261,21 +261,27 @@ class TrainBatches(_PerProcess, torch.utils.data.Dataset):
         if not 0 <= k < len(self):
             raise IndexError(k)
         if self.progress is not None:
-            self.progress.report(self.start + k)
-        return self.catalog().batch(self.plan(self.start + k), TRAIN)
+            self.progress.started(self.start + k)
+        batch = self.catalog().batch(self.plan(self.start + k), TRAIN)
+        if self.progress is not None:
+            self.progress.finished(self.start + k)
+        return batch
 
 
 class ValBatches(_PerProcess, torch.utils.data.Dataset):
     """Every validation trial once, in batches of up to ``batch_size`` from one session each."""
 
-    def __init__(self, spec: DataSpec, days: Sequence[int], batch_size: int):
+    def __init__(self, spec: DataSpec, days: Sequence[int], batch_size: int, progress: Optional[Progress] = None):
         _PerProcess.__init__(self, spec)
         self.days, self.batch_size = tuple(days), batch_size
+        self.progress = progress
         self._plans: Optional[list[Plan]] = None
 
     @property
     def plans(self) -> list[Plan]:
         if self._plans is None:  # needs the val files' indexes: built on first use, not at start-up
+            if self.progress is not None:
+                self.progress.validating()
             catalog = self.catalog()
             self._plans = validation_plan([(d, catalog.usable(d, VAL)) for d in self.days], self.batch_size)
         return self._plans

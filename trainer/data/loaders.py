@@ -81,11 +81,11 @@ def make_loaders(cfg, *, start_batch: int = 0) -> tuple[torch.utils.data.DataLoa
     progress = Progress(spec.storage.disk_dir) if spec.remote and ds.storage.prefetch_batches > 0 else None
     train = TrainBatches(spec, rule, start_batch, cfg.num_training_batches, progress)
     val_days = _validation_days(cfg, spec)
-    val = ValBatches(spec, val_days, ds.batch_size) if val_days else None
+    val = ValBatches(spec, val_days, ds.batch_size, progress) if val_days else None
     if progress is not None:
         schedule = need_order(spec, rule, start_batch, cfg.num_training_batches, val_days,
                               _first_validation(cfg, start_batch))
-        fetcher = Fetcher(Catalog(spec), schedule, progress, ds.storage.prefetch_batches).start()
+        fetcher = Fetcher(Catalog(spec), schedule, progress, start_batch, ds.storage.prefetch_batches).start()
     workers = ds.num_dataloader_workers
     options = dict(batch_size=None, shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available())
     train_loader = torch.utils.data.DataLoader(train, **options)
@@ -129,18 +129,20 @@ class Fetcher:
     """Fetches the remote objects of a run into the shared cache, in the order the batches
     need them, and builds each one's trial index once (the workers read it from the cache).
 
-    An object is started once the workers have begun a batch within ``lead`` batches of the
-    first one needing it, or as soon as a reader is waiting for it; a few objects are in
-    progress at once, all sharing the process's ``parts_in_flight`` ranged GETs, so the
-    first batch's bytes go first and nothing is fetched long before it is needed. Every
+    The first batch's objects go first and alone: nothing else is fetched until that batch
+    is built (unless validation asks for its files), so its bytes do not share bandwidth or
+    CPU. After that an object is started once the workers have begun a batch within
+    ``lead`` batches of the first one needing it, or as soon as a reader waits for it. A
+    few objects are in progress at once, all sharing the process's ``parts_in_flight``
+    ranged GETs (requested in order), so nothing is fetched long before it is needed. Every
     queued object is announced (:meth:`ObjectCache.queue`), so workers wait for it rather
     than fetch it alongside. Best effort: a failure is logged and released, and the reader
     that needs the object fetches it itself and raises the error.
     """
 
     def __init__(self, catalog: Catalog, schedule: list[tuple[int, tuple[int, str]]], progress: Progress,
-                 lead: int, threads: int = 4):
-        self.catalog, self.progress, self.lead = catalog, progress, lead
+                 first: int, lead: int, threads: int = 4):
+        self.catalog, self.progress, self.first, self.lead = catalog, progress, first, lead
         self.cache = catalog.cache
         self._todo = [(need, key) for need, key in schedule if not self.cache.cached_path(catalog.spec.file(*key))
                       or not os.path.exists(self.cache.manifest_path(catalog.spec.file(*key)))]
@@ -164,6 +166,14 @@ class Fetcher:
             self.cache.unqueue(self.catalog.spec.file(*key))
         self.progress.close()
 
+    def _due(self, need: int, obj: ObjectInfo) -> bool:
+        if need <= self.first:
+            return True
+        started, finished, validating = self.progress.read()
+        if finished < self.first and not validating:
+            return False  # the first batch is being built: its objects only
+        return need <= started + self.lead or self.cache.wanted(obj)
+
     def _next(self) -> Optional[tuple[int, tuple[int, str]]]:
         with self._guard:
             return self._todo.pop(0) if self._todo else None
@@ -176,8 +186,8 @@ class Fetcher:
             need, (day, split) = item
             obj = self.catalog.spec.file(day, split)
             try:
-                while not self._stop.is_set() and need > self.progress.read() + self.lead and not self.cache.wanted(obj):
-                    time.sleep(0.02)
+                while not self._stop.is_set() and not self._due(need, obj):
+                    time.sleep(0.01)
                 if not self._stop.is_set():
                     self.catalog.index(day, split)
             except DataError as e:

@@ -323,8 +323,12 @@ def fetch_counters() -> tuple[int, int]:
 
 
 class Progress:
-    """The highest training batch a worker has started, in a small file of the cache's ``runs``
-    folder: the main process's fetcher paces itself by it. Plain path, so it pickles."""
+    """How far the run's readers are, in a small file of the cache's ``runs`` folder: the
+    highest training batch a worker has started, the highest one finished, and whether the
+    validation data has been asked for. The main process's fetcher paces itself by it.
+    Plain path, so it pickles."""
+
+    STARTED, FINISHED, VALIDATING = 0, 1, 2
 
     def __init__(self, disk_dir: str):
         runs = os.path.join(disk_dir, "runs")
@@ -332,26 +336,35 @@ class Progress:
         _remove_dead_runs(runs)
         self.path = os.path.join(runs, f"{os.getpid()}-{secrets.token_hex(4)}.progress")
         with open(self.path, "wb") as f:
-            f.write(struct.pack("<q", -1))
+            f.write(struct.pack("<3q", -1, -1, 0))
         self._fd: Optional[tuple[int, int]] = None  # (pid, fd)
-        self._last = -1
+        self._last = [-1, -1, 0]
 
-    def report(self, batch: int) -> None:
-        if batch <= self._last:
+    def started(self, batch: int) -> None:
+        self._raise(self.STARTED, batch)
+
+    def finished(self, batch: int) -> None:
+        self._raise(self.FINISHED, batch)
+
+    def validating(self) -> None:
+        self._raise(self.VALIDATING, 1)
+
+    def _raise(self, slot: int, value: int) -> None:
+        if value <= self._last[slot]:
             return
-        self._last = batch
+        self._last[slot] = value
         with contextlib.suppress(OSError):
             if self._fd is None or self._fd[0] != os.getpid():
                 self._fd = (os.getpid(), os.open(self.path, os.O_RDWR))
-            if batch > self.read():
-                os.pwrite(self._fd[1], struct.pack("<q", batch), 0)
+            if value > self.read()[slot]:  # workers race here; the fetcher only needs a recent value
+                os.pwrite(self._fd[1], struct.pack("<q", value), 8 * slot)
 
-    def read(self) -> int:
+    def read(self) -> tuple[int, int, int]:
         try:
             with open(self.path, "rb") as f:
-                return struct.unpack("<q", f.read(8))[0]
+                return struct.unpack("<3q", f.read(24))
         except (OSError, struct.error):
-            return -1
+            return (-1, -1, 0)
 
     def close(self) -> None:
         _unlink(self.path)
@@ -607,9 +620,12 @@ class ObjectCache:
                                 f"(dataset.storage.disk_cache_mb={st.disk_bytes // MB})")
             if not self._make_room(self.objects_dir, obj.size, st.disk_bytes, key, obj):
                 free = _free_bytes(self.objects_dir)
+                if free >= obj.size + _SPACE_MARGIN:
+                    raise DataError(f"{obj.url}: the cache's limit (dataset.storage.disk_cache_mb={st.disk_bytes // MB}) "
+                                    f"is taken by objects being fetched; raise it")
                 raise DataError(
-                    f"{obj.url}: not enough space to cache it in {self.objects_dir} ({free // MB} MB free, "
-                    f"{obj.size // MB} MB needed); point dataset.storage.disk_cache_dir at a larger volume"
+                    f"{obj.url}: not enough space to cache it in {self.objects_dir} ({free / MB:.0f} MB free, "
+                    f"{obj.size / MB:.1f} MB needed); point dataset.storage.disk_cache_dir at a larger volume"
                 )
             _create(partial, obj.size, obj)
             _create(progress, 8 * len(ranges), obj)
