@@ -490,6 +490,7 @@ class ObjectCache:
             os.close(fd)
             return False
         st.queued[key] = fd
+        _unlink(os.path.join(self.locks_dir, key + ".wanted"))  # a dead run's request
         return True
 
     def unqueue(self, obj: ObjectInfo) -> None:
