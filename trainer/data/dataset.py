@@ -262,10 +262,7 @@ class TrainBatches(_PerProcess, torch.utils.data.Dataset):
             raise IndexError(k)
         if self.progress is not None:
             self.progress.started(self.start + k)
-        batch = self.catalog().batch(self.plan(self.start + k), TRAIN)
-        if self.progress is not None:
-            self.progress.finished(self.start + k)
-        return batch
+        return self.catalog().batch(self.plan(self.start + k), TRAIN)
 
 
 class ValBatches(_PerProcess, torch.utils.data.Dataset):

@@ -121,7 +121,9 @@ def need_order(spec: DataSpec, rule: TrainRule, start: int, stop: int, val_days:
             break
     if first_val is not None:
         order.extend((first_val + 1, (d, VAL)) for d in val_days)
-    order.sort(key=lambda item: item[0])  # stable: within a batch, the rule's order
+    # stable: within a batch, the rule's order; validation before the training files of the
+    # batch after it (the validation pass runs before that batch is taken)
+    order.sort(key=lambda item: (item[0], item[1][1] != VAL))
     return order
 
 
@@ -129,9 +131,9 @@ class Fetcher:
     """Fetches the remote objects of a run into the shared cache, in the order the batches
     need them, and builds each one's trial index once (the workers read it from the cache).
 
-    The first batch's objects go first and alone: nothing else is fetched until that batch
-    is built (unless validation asks for its files), so its bytes do not share bandwidth or
-    CPU. After that an object is started once the workers have begun a batch within
+    The first batch's objects go first and alone: nothing else is started until they are
+    in the cache (unless validation asks for its files), so their bytes share bandwidth and
+    CPU with nothing else. After that an object is started once the workers have begun a batch within
     ``lead`` batches of the first one needing it, or as soon as a reader waits for it. A
     few objects are in progress at once, all sharing the process's ``parts_in_flight``
     ranged GETs (requested in order), so nothing is fetched long before it is needed. Every
@@ -141,11 +143,12 @@ class Fetcher:
     """
 
     def __init__(self, catalog: Catalog, schedule: list[tuple[int, tuple[int, str]]], progress: Progress,
-                 first: int, lead: int, threads: int = 4):
+                 first: int, lead: int, threads: int = 8):
         self.catalog, self.progress, self.first, self.lead = catalog, progress, first, lead
         self.cache = catalog.cache
         self._todo = [(need, key) for need, key in schedule if not self.cache.cached_path(catalog.spec.file(*key))
                       or not os.path.exists(self.cache.manifest_path(catalog.spec.file(*key)))]
+        self._first_left = sum(1 for need, _ in self._todo if need <= first)
         self._guard = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, name=f"b2t-data-fetch-{i}", daemon=True)
@@ -169,9 +172,9 @@ class Fetcher:
     def _due(self, need: int, obj: ObjectInfo) -> bool:
         if need <= self.first:
             return True
-        started, finished, validating = self.progress.read()
-        if finished < self.first and not validating:
-            return False  # the first batch is being built: its objects only
+        started, validating = self.progress.read()
+        if self._first_left > 0 and not validating:
+            return False  # the first batch's objects are still arriving: nothing else yet
         return need <= started + self.lead or self.cache.wanted(obj)
 
     def _next(self) -> Optional[tuple[int, tuple[int, str]]]:
@@ -194,6 +197,9 @@ class Fetcher:
                 log.warning("prefetch failed, will retry when needed: %s", e)
             finally:
                 self.cache.unqueue(obj)
+                if need <= self.first:
+                    with self._guard:
+                        self._first_left -= 1
 
 
 # ---------------------------------------------------------------------------------------

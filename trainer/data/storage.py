@@ -324,11 +324,11 @@ def fetch_counters() -> tuple[int, int]:
 
 class Progress:
     """How far the run's readers are, in a small file of the cache's ``runs`` folder: the
-    highest training batch a worker has started, the highest one finished, and whether the
-    validation data has been asked for. The main process's fetcher paces itself by it.
+    highest training batch a worker has started, and whether the validation data has been
+    asked for. The main process's fetcher paces itself by it.
     Plain path, so it pickles."""
 
-    STARTED, FINISHED, VALIDATING = 0, 1, 2
+    STARTED, VALIDATING = 0, 1
 
     def __init__(self, disk_dir: str):
         runs = os.path.join(disk_dir, "runs")
@@ -336,15 +336,12 @@ class Progress:
         _remove_dead_runs(runs)
         self.path = os.path.join(runs, f"{os.getpid()}-{secrets.token_hex(4)}.progress")
         with open(self.path, "wb") as f:
-            f.write(struct.pack("<3q", -1, -1, 0))
+            f.write(struct.pack("<2q", -1, 0))
         self._fd: Optional[tuple[int, int]] = None  # (pid, fd)
-        self._last = [-1, -1, 0]
+        self._last = [-1, 0]
 
     def started(self, batch: int) -> None:
         self._raise(self.STARTED, batch)
-
-    def finished(self, batch: int) -> None:
-        self._raise(self.FINISHED, batch)
 
     def validating(self) -> None:
         self._raise(self.VALIDATING, 1)
@@ -359,12 +356,12 @@ class Progress:
             if value > self.read()[slot]:  # workers race here; the fetcher only needs a recent value
                 os.pwrite(self._fd[1], struct.pack("<q", value), 8 * slot)
 
-    def read(self) -> tuple[int, int, int]:
+    def read(self) -> tuple[int, int]:
         try:
             with open(self.path, "rb") as f:
-                return struct.unpack("<3q", f.read(24))
+                return struct.unpack("<2q", f.read(16))
         except (OSError, struct.error):
-            return (-1, -1, 0)
+            return (-1, 0)
 
     def close(self) -> None:
         _unlink(self.path)
