@@ -40,7 +40,7 @@ DEFAULT_INSTANCE_TYPE = "ml.g5.2xlarge"
 # `launcher image`), and `start` without --image-tag takes the newest pushed image.
 LOCAL_IMAGE_TAG = "local"  # local mode runs no image; its request names this placeholder
 SINGLE_INSTANCE = "--instance-count: the trainer runs on one instance; use a larger instance type instead"
-DEFAULT_MAX_RUN_HOURS = 24.0
+DEFAULT_MAX_RUN_HOURS = 48.0  # the reference config (120,000 batches) is estimated at ~29 h on ml.g5.2xlarge
 DEFAULT_VOLUME_GB = 50
 # SageMaker limits: MaxRuntimeInSeconds ≤ 28 days; a job name is ≤ 63 characters.
 MAX_RUNTIME_S = 28 * 24 * 3600

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..request import DEFAULT_MAX_RUN_HOURS
 from . import add_aws_args, command_parser
 
 EXAMPLES = """
@@ -42,7 +43,7 @@ def add_parser(sub) -> None:
     g.add_argument("--volume-gb", type=int, default=50, metavar="GB", help="instance volume (default: %(default)s)")
     g.add_argument("--on-demand", action="store_true", help="on-demand instead of managed spot")
     g.add_argument("--no-checkpoints", action="store_true", help="no checkpoint sync (only with --on-demand)")
-    g.add_argument("--max-run", type=float, default=24.0, metavar="HOURS", help="stop after this long (default: %(default)s)")
+    g.add_argument("--max-run", type=float, default=DEFAULT_MAX_RUN_HOURS, metavar="HOURS", help="stop after this long (default: %(default)s)")
     g.add_argument("--accept-cut", action="store_true",
                    help="submit even when the run is estimated past --max-run (it stops there; `resume` continues)")
     g.add_argument("--max-wait", type=float, metavar="HOURS", help="spot: give up waiting after this long (default: 2 × --max-run)")

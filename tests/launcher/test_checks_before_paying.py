@@ -120,9 +120,9 @@ def test_no_validation_file_anywhere_is_refused(deployed, refused):
 
 
 def test_run_estimated_past_max_run_is_refused_unless_raised_or_accepted(deployed, cli, refused):
-    refused(*start("--num-training-batches", "200000"),
+    refused(*start("--num-training-batches", "200000", "--max-run", "24"),
             needles=("the run is estimated at", "past --max-run 24 h", "--accept-cut"))
-    code, out, err = cli(*start("--num-training-batches", "200000", "--accept-cut"))
+    code, out, err = cli(*start("--num-training-batches", "200000", "--max-run", "24", "--accept-cut"))
     assert code == 0, err
     flat = " ".join(out.split())
     assert "for the whole run, an estimated" in flat and "--max-run 24 h stops it before its last batch" in flat
