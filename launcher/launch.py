@@ -154,7 +154,9 @@ def plan(
         if opts.job_name
         else make_job_name(prefix, loaded.file_name, now)
     )
-    spec = _spec(opts, name, loaded.file_name, tag, **spec_overrides)
+    from trainer.config import DIPHONE_CLASSES
+
+    spec = _spec(opts, name, loaded.file_name, tag, diphone=loaded.config.n_classes == DIPHONE_CLASSES, **spec_overrides)
     check_spec(spec)  # `resume` comes here without check_options()
     request = build_training_job_request(spec, outputs)
     validate_request(request)

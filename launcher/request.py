@@ -72,6 +72,7 @@ class JobSpec:
     # Set by `resume`: keep the first job's checkpoints instead of the new job's own.
     checkpoint_uri: Optional[str] = None
     extra_tags: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    diphone: bool = False  # diphone targets: the run also prints alpha and val_DER
 
     @property
     def max_run_s(self) -> int:
@@ -133,11 +134,13 @@ def image_uri(outputs: StackOutputs, tag: str) -> str:
 # Metrics
 
 
-def metric_definitions() -> list[dict[str, str]]:
-    """The trainer's own MetricDefinitions (one regex per metric name it prints)."""
+def metric_definitions(diphone: bool = False) -> list[dict[str, str]]:
+    """The trainer's own MetricDefinitions (one regex per metric name it prints); a diphone run
+    also prints the composite-loss weight and the diphone error rate."""
     from trainer import metrics
 
-    return metrics.metric_definitions()
+    names = metrics.METRIC_NAMES + (metrics.DIPHONE_METRICS if diphone else ())
+    return metrics.metric_definitions(names)
 
 
 # ---------------------------------------------------------------------------------------
@@ -197,7 +200,7 @@ def build_training_job_request(spec: JobSpec, outputs: StackOutputs) -> dict[str
         "AlgorithmSpecification": {
             "TrainingImage": image_uri(outputs, spec.image_tag),
             "TrainingInputMode": "File",
-            "MetricDefinitions": metric_definitions(),
+            "MetricDefinitions": metric_definitions(spec.diphone),
             "EnableSageMakerMetricsTimeSeries": True,
         },
         "RoleArn": outputs.execution_role_arn,

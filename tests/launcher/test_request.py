@@ -247,6 +247,17 @@ def test_metric_definitions_come_from_the_trainer(outputs):
     assert build(outputs)["AlgorithmSpecification"]["MetricDefinitions"] == metrics.metric_definitions()
 
 
+def test_a_diphone_job_also_charts_alpha_and_der(outputs):
+    def names(**kw):
+        return {d["Name"] for d in build(outputs, **kw)["AlgorithmSpecification"]["MetricDefinitions"]}
+
+    assert {"alpha", "val_DER"} <= names(diphone=True)
+    assert not {"alpha", "val_DER"} & names()
+    line = "METRIC step=3000 train_loss=2.5 alpha=0.1"
+    regex = {d["Name"]: d["Regex"] for d in metric_definitions(diphone=True)}["alpha"]
+    assert float(re.search(regex, line).group(1)) == 0.1
+
+
 def trainer_lines() -> list[str]:
     """Metric lines exactly as the trainer's own sink prints them."""
     import io
