@@ -41,7 +41,7 @@ def test_start_submits_the_job_the_stack_describes(deployed, job):
     assert desc["ResourceConfig"]["InstanceType"] == "ml.g5.2xlarge"
     assert desc["EnableManagedSpotTraining"] is True
     assert desc["CheckpointConfig"]["S3Uri"] == f"s3://{deployed.output_bucket}/checkpoints/{job}/"
-    assert desc["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400, "MaxWaitTimeInSeconds": 172800}
+    assert desc["StoppingCondition"] == {"MaxRuntimeInSeconds": 48 * 3600, "MaxWaitTimeInSeconds": 96 * 3600}
     assert desc["OutputDataConfig"]["S3OutputPath"] == f"s3://{deployed.output_bucket}/jobs/"
     assert desc["HyperParameters"] == {"config_file": "demo.yaml", "data_url": f"s3://{deployed.data_bucket}/data/"}
     overrides = deployed.client("s3").get_object(Bucket=deployed.output_bucket,
