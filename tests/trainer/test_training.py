@@ -25,7 +25,7 @@ from trainer.metrics import metric_definitions
 from trainer.train import RunPaths, amp_dtype_for, setup_model, train
 from trainer.validation import ValResult
 
-from tests.trainer.trainer_helpers import set_args, tiny_overrides
+from tests.trainer.trainer_helpers import run_until_step, set_args, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,18 +148,12 @@ def _start(args: list[str]) -> subprocess.Popen:
 
 def _run_until(args: list[str], kill_after_step: int, sig: int, delay: float) -> tuple[int, int]:
     """Start training, send ``sig`` once batch ``kill_after_step`` is logged (plus ``delay`` s)."""
+    def act(proc: subprocess.Popen) -> None:
+        time.sleep(delay)
+        proc.send_signal(sig)
+
     proc = _start(args)
-    last = -1
-    for line in proc.stdout:
-        m = re.match(r"METRIC step=(\d+) train_loss", line)
-        if m:
-            last = int(m.group(1))
-            if last >= kill_after_step:
-                time.sleep(delay)
-                proc.send_signal(sig)
-                break
-    proc.stdout.read()  # drain: a closed pipe would turn the trainer's last lines into a BrokenPipeError
-    proc.stdout.close()
+    last = run_until_step(proc, kill_after_step, act)
     return proc.wait(timeout=120), last
 
 

@@ -62,3 +62,21 @@ def set_args(overrides: list[str]) -> list[str]:
     for item in overrides:
         out += ["--set", item]
     return out
+
+
+def run_until_step(proc, after_step: int, act) -> int:
+    """Read a trainer's stdout until batch ``after_step`` is logged, then ``act(proc)``; drain the
+    rest (a closed pipe would break the trainer's last lines) and return the last step seen."""
+    import re
+
+    last = -1
+    for line in proc.stdout:
+        m = re.match(r"METRIC step=(\d+) train_loss", line)
+        if m:
+            last = int(m.group(1))
+            if last >= after_step:
+                act(proc)
+                break
+    proc.stdout.read()
+    proc.stdout.close()
+    return last

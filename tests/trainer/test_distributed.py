@@ -1,0 +1,157 @@
+"""Data-parallel training under torchrun: two CPU ranks (gloo) on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from trainer import checkpoint as ckpt
+from trainer.__main__ import main
+from trainer.data.sampling import rank_share
+from trainer.distributed import Ranks, loss_weight
+from trainer.environment import ROOT_ENV
+from trainer.export import load_model
+from trainer.train import RANK_RNG_STATES
+
+from tests.trainer.trainer_helpers import run_until_step, set_args, tiny_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+N = 24  # batches of the kill/resume runs: long enough to stop in the middle
+LONG = dict(num_training_batches=N, lr_decay_steps=N, lr_decay_steps_day=N, batches_per_save=3,
+            batches_per_val_step=7, save_final_model="true")
+# Item 2: no dropout, no augmentation; 5 trials over 2 ranks: shares of 2 and 3.
+PLAIN = {"model.rnn_dropout": 0, "model.input_network.input_layer_dropout": 0,
+         "dataset.data_transforms.white_noise_std": 0, "dataset.data_transforms.constant_offset_std": 0,
+         "dataset.data_transforms.random_walk_std": 0, "dataset.data_transforms.static_gain_std": 0,
+         "dataset.data_transforms.random_cut": 0, "dataset.batch_size": 5, "num_training_batches": 4,
+         "lr_warmup_steps": 0, "lr_warmup_steps_day": 0, "lr_decay_steps": 4, "lr_decay_steps_day": 4,
+         "batches_per_save": 4, "batches_per_val_step": 100}
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SM_", ROOT_ENV, "B2T_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    return env
+
+
+def _torchrun(out: Path, overrides: list[str], ranks: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+            "-m", "trainer", "--output", str(out), *set_args(overrides)]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_data, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """An uninterrupted two-rank run of N batches."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    return out, _run(_torchrun(out, tiny_overrides(tiny_data, **LONG)))
+
+
+def test_rank_shares_cover_the_global_batch_in_order():
+    plan = [(2, [5, 1, 1]), (0, [3, 4])]
+    shares = [rank_share(plan, r, 2) for r in range(2)]
+    assert shares == [[(2, [5, 1])], [(2, [1]), (0, [3, 4])]]
+    assert [rank_share(plan, r, 3) for r in range(3)] == [[(2, [5])], [(2, [1, 1])], [(0, [3, 4])]]
+    # each rank's mean loss weighted by its share: the ranks' average is the global mean
+    ranks = [Ranks(rank=r, world_size=2) for r in range(2)]
+    assert sum(loss_weight(n, 5, r) for n, r in zip((2, 3), ranks)) / 2 == pytest.approx(1.0)
+
+
+def test_two_ranks_write_one_checkpoint_set_and_one_model(straight):
+    out, proc = straight
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data parallel: 2 ranks" in proc.stderr
+    # rank 0 alone writes: each metric line once, one metrics file, one log, one set of checkpoints
+    steps = [int(m) for m in re.findall(r"^METRIC step=(\d+) train_loss", proc.stdout, re.M)]
+    assert steps == list(range(N))
+    records = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(N))
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoints", "metrics.jsonl", "model", "training_log", "val_logits.npz", "val_metrics.json"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "best_checkpoint.pt", "checkpoint_00000022.pt", f"checkpoint_{N:08d}.pt"]  # keep_last_checkpoints: 2
+    assert sorted(p.name for p in (out / "model").iterdir()) == [
+        "config.yaml", "final_model.pt", "model.pt", "sessions.json"]
+    assert load_model(out / "model").info["weights"] == "best"
+    state = torch.load(ckpt.periodic_path(out / "checkpoints", N), weights_only=False)
+    assert len(state[RANK_RNG_STATES]) == 2  # every rank's noise streams, for an exact resume
+    assert proc.stdout.count("done: completed") == 1
+
+
+def test_two_ranks_with_half_batches_match_one_process_with_the_full_batch(tiny_data, tmp_path):
+    overrides = tiny_overrides(tiny_data, **PLAIN)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["--output", str(one), *set_args(overrides)]) == 0
+    proc = _run(_torchrun(two, overrides))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(ckpt.periodic_path(one / "checkpoints", 4), weights_only=False)[ckpt.MODEL_STATE]
+    b = torch.load(ckpt.periodic_path(two / "checkpoints", 4), weights_only=False)[ckpt.MODEL_STATE]
+    moved = max(float((a[k] - torch.eye(8)).abs().max()) for k in a if k.startswith("day_weights"))
+    assert moved > 1e-3  # training changed the weights: the match means something
+    diff = {k: float((a[k] - b[k]).abs().max()) for k in a}
+    assert max(diff.values()) <= 1e-5, sorted(diff.items(), key=lambda kv: -kv[1])[:3]
+
+
+def _kill_tree(proc: subprocess.Popen, sig: int) -> None:
+    """torchrun starts its ranks in sessions of their own: signal the agent and every rank."""
+    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in family:
+        p.send_signal(sig)
+
+
+def _run_until(cmd: list[str], after_step: int, stop) -> tuple[int, int]:
+    """Start ``cmd``; once batch ``after_step`` is logged, ``stop(proc)``; (exit status, last step seen)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    last = run_until_step(proc, after_step, stop)
+    return proc.wait(timeout=300), last
+
+
+def test_two_ranks_killed_and_resumed_end_equal_to_an_uninterrupted_run(straight, tiny_data, tmp_path):
+    straight_out, straight_proc = straight
+    assert straight_proc.returncode == 0
+    out = tmp_path / "resumed"
+    cmd = _torchrun(out, tiny_overrides(tiny_data, **LONG))
+
+    # SIGKILL to the agent and both ranks (a lost machine): no chance to save
+    code, killed_at = _run_until(cmd, 4, lambda p: _kill_tree(p, signal.SIGKILL))
+    assert code == -signal.SIGKILL and killed_at < N - 1
+    before = ckpt.load_latest(out / "checkpoints")
+    assert before is not None and before[1][ckpt.STEP] <= killed_at + 1
+
+    # SIGTERM to torchrun only (a spot stop): it reaches both ranks, which stop at one batch and save once
+    code, stopped_after = _run_until(cmd, 12, lambda p: p.send_signal(signal.SIGTERM))
+    assert code != 0 and stopped_after < N - 1
+    saved = ckpt.load_latest(out / "checkpoints")
+    assert saved is not None and stopped_after + 1 <= saved[1][ckpt.STEP] < N
+    log = (out / "training_log").read_text()
+    assert log.count("stop requested: saved") == 1 and "resuming from" in log
+
+    finish = _run(cmd)
+    assert finish.returncode == 0, finish.stderr[-3000:]
+    assert f"resuming from {out / 'checkpoints'}/checkpoint_{saved[1][ckpt.STEP]:08d}.pt" in finish.stderr
+
+    a = torch.load(ckpt.periodic_path(straight_out / "checkpoints", N), weights_only=False)
+    b = torch.load(ckpt.periodic_path(out / "checkpoints", N), weights_only=False)
+    for key, value in a[ckpt.MODEL_STATE].items():
+        assert torch.equal(value, b[ckpt.MODEL_STATE][key]), key
+    for sa, sb in zip(a[ckpt.OPTIMIZER_STATE]["state"].values(), b[ckpt.OPTIMIZER_STATE]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a[ckpt.PROGRESS] == b[ckpt.PROGRESS]
+    for ra, rb in zip(a[RANK_RNG_STATES], b[RANK_RNG_STATES]):
+        assert ra["augment"].equal(rb["augment"]) and ra["torch"].equal(rb["torch"])
+    final_a = load_model(straight_out / "model" / "final_model.pt").model.state_dict()
+    final_b = load_model(out / "model" / "final_model.pt").model.state_dict()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
