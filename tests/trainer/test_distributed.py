@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +16,16 @@ import pytest
 import torch
 
 from trainer import checkpoint as ckpt
-from trainer.__main__ import main
+from trainer.__main__ import EXIT_STOPPED, main
+from trainer.config import ConfigError
 from trainer.data.sampling import rank_share
 from trainer.distributed import Ranks, loss_weight
 from trainer.environment import ROOT_ENV
 from trainer.export import load_model
+from trainer.torchrun import NPROC_ENV, layout_from_resources, rank_environment, torchrun_command
 from trainer.train import RANK_RNG_STATES
 
-from tests.trainer.trainer_helpers import run_until_step, set_args, tiny_overrides
+from tests.trainer.trainer_helpers import opt_ml, run_until_step, set_args, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 N = 24  # batches of the kill/resume runs: long enough to stop in the middle
@@ -155,3 +158,92 @@ def test_two_ranks_killed_and_resumed_end_equal_to_an_uninterrupted_run(straight
     final_a = load_model(straight_out / "model" / "final_model.pt").model.state_dict()
     final_b = load_model(out / "model" / "final_model.pt").model.state_dict()
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+# ---------------------------------------------------------------------------------------
+# The container entry: torchrun from resourceconfig.json
+
+
+def test_layout_from_the_resource_config():
+    resources = {"current_host": "algo-2", "hosts": ["algo-1", "algo-2", "algo-3"], "network_interface_name": "eth0"}
+    layout = layout_from_resources(resources, gpus=4, env={})
+    assert (layout.nnodes, layout.node_rank, layout.nproc_per_node, layout.world_size) == (3, 1, 4, 12)
+    assert (layout.master_addr, layout.master_port) == ("algo-1", 29500)
+    cmd = torchrun_command(layout, python="python")
+    assert cmd == ["python", "-m", "torch.distributed.run", "--nproc-per-node=4", "--nnodes=3", "--node-rank=1",
+                   "--master-addr=algo-1", "--master-port=29500", "-m", "trainer"]
+    assert rank_environment(layout, {})["NCCL_SOCKET_IFNAME"] == "eth0"
+    # one host without GPUs: one rank, no torchrun; CPU ranks on request (local mode)
+    one = layout_from_resources({"current_host": "algo-1", "hosts": ["algo-1"]}, gpus=0, env={})
+    assert one.world_size == 1
+    cpu = layout_from_resources({"current_host": "algo-1", "hosts": ["algo-1"]}, gpus=0, env={NPROC_ENV: "2"})
+    assert "--standalone" in torchrun_command(cpu) and cpu.world_size == 2
+    with pytest.raises(ConfigError, match="current_host 'algo-9' is not among hosts"):
+        layout_from_resources({"current_host": "algo-9", "hosts": ["algo-1"]}, gpus=1, env={})
+    with pytest.raises(ConfigError, match="B2T_NPROC_PER_NODE: must be a positive integer"):
+        layout_from_resources({}, gpus=0, env={NPROC_ENV: "two"})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _container(root: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "trainer"], cwd=REPO, env={**_env(), ROOT_ENV: str(root), **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _container_hp(data: Path, **extra) -> dict:
+    overrides = tiny_overrides(data, **extra)[1:]  # the data comes as data_url
+    return {"config_file": "train.yaml", "data_url": str(data), "overrides": json.dumps(overrides)}
+
+
+def test_two_hosts_train_together_and_write_one_model(tiny_data, tmp_path):
+    """Two /opt/ml trees naming algo-1 and algo-2 (as two containers on one network would see):
+    each entry starts torchrun for its node; rank 0 on algo-1 writes the model and checkpoints."""
+    hp = _container_hp(tiny_data, num_training_batches=6, batches_per_val_step=3)
+    config = (REPO / "trainer" / "configs" / "demo.yaml").read_text()
+    roots = [opt_ml(tmp_path / host, hp, config, host=host, hosts=("algo-1", "algo-2")) for host in ("algo-1", "algo-2")]
+    port = str(_free_port())
+    procs = [_container(root, B2T_MASTER_ADDR="127.0.0.1", B2T_MASTER_PORT=port) for root in roots]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    first, second = roots
+    assert "data parallel: 2 ranks" in results[0][1]
+    assert {p.name for p in (first / "model").iterdir()} >= {"model.pt", "config.yaml", "sessions.json"}
+    assert (first / "checkpoints" / "checkpoint_00000006.pt").exists()
+    assert (first / "output" / "data" / "metrics.jsonl").exists()
+    assert not (second / "model").exists() or not any((second / "model").iterdir())
+    assert not (second / "checkpoints").exists() or not any((second / "checkpoints").iterdir())
+    assert "METRIC step=" not in results[1][0]
+    assert not (first / "output" / "failure").exists() and not (second / "output" / "failure").exists()
+
+
+def test_container_with_two_ranks_stops_on_sigterm_with_one_checkpoint(tiny_data, tmp_path):
+    hp = _container_hp(tiny_data, **LONG)
+    root = opt_ml(tmp_path / "ml", hp, (REPO / "trainer" / "configs" / "demo.yaml").read_text())
+    proc = subprocess.Popen([sys.executable, "-m", "trainer"], cwd=REPO,
+                            env={**_env(), ROOT_ENV: str(root), NPROC_ENV: "2"},
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    stopped_after = run_until_step(proc, 8, lambda p: p.send_signal(signal.SIGTERM))  # as SageMaker stops PID 1
+    assert proc.wait(timeout=300) == EXIT_STOPPED and stopped_after < N - 1
+    saved = ckpt.load_latest(root / "checkpoints")
+    assert saved is not None and stopped_after + 1 <= saved[1][ckpt.STEP] < N
+    assert (root / "output" / "data" / "training_log").read_text().count("stop requested: saved") == 1
+    assert not (root / "output" / "failure").exists() and not list((root / "model").glob("*.pt"))
+
+
+def test_the_ranks_of_a_host_share_the_data_caches_memory_tier(tmp_path):
+    """Two ranks started by one agent (here: this process) name the same /dev/shm folder, so an
+    object one of them fetched is found by the other; outside torchrun each process owns its own."""
+    code = "from trainer.data.storage import owned_memory_dir; print(owned_memory_dir(%r))" % str(tmp_path)
+
+    def memory_dir(**env: str) -> str:
+        return subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**_env(), **env}, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    ranks = [memory_dir(TORCHELASTIC_RUN_ID="job", LOCAL_RANK=str(r)) for r in (0, 1)]
+    assert ranks[0] == ranks[1] and ranks[0].endswith(f"-{os.getpid()}-" + ranks[0].rsplit("-", 1)[1])
+    assert memory_dir() != memory_dir()

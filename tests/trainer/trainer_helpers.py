@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from trainer.synthetic import SyntheticSpec
@@ -80,3 +81,18 @@ def run_until_step(proc, after_step: int, act) -> int:
     proc.stdout.read()
     proc.stdout.close()
     return last
+
+
+def opt_ml(root: Path, hp: dict, config_text: str, host: str = "algo-1", hosts: tuple[str, ...] = ("algo-1",)) -> Path:
+    """An /opt/ml tree as SageMaker lays it out for ``host`` of ``hosts``, config in channel 'config'."""
+    (root / "input" / "config").mkdir(parents=True)
+    (root / "input" / "data" / "config").mkdir(parents=True)
+    (root / "input" / "data" / "config" / "train.yaml").write_text(config_text)
+    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hp))
+    (root / "input" / "config" / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": host, "hosts": list(hosts), "current_instance_type": "ml.g4dn.xlarge",
+         "network_interface_name": "lo"}))
+    (root / "input" / "config" / "inputdataconfig.json").write_text(json.dumps({"config": {"TrainingInputMode": "File"}}))
+    (root / "input" / "config" / "checkpointconfig.json").write_text(
+        json.dumps({"LocalPath": str(root / "checkpoints"), "S3Uri": "s3://bucket/checkpoints/job"}))
+    return root
