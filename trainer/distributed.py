@@ -124,8 +124,7 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=True,
-        broadcast_buffers=False,  # the model has no buffers; this keeps eval forwards free of collectives
-    )
+    )  # the model has no buffers: its forward syncs nothing; validation uses the bare model on rank 0
 
 
 # ---------------------------------------------------------------------------------------
