@@ -35,6 +35,9 @@ an /opt/ml-like tree and point it there). From the container contract:
   while the job runs; the API's default is ``/opt/ml/output/tensorboard``), else
   ``<root>/output/data/tensorboard`` (then they travel in ``output.tar.gz``).
 
+With more than one GPU or host (``resourceconfig.json``), the entry point starts torchrun
+itself and every rank reads this same tree (:mod:`trainer.torchrun`).
+
 ``SM_MODEL_DIR``, ``SM_OUTPUT_DATA_DIR`` and ``SM_CHANNEL_<NAME>`` are honoured where set
 (the SageMaker training toolkit sets them; a bare image does not).
 """
