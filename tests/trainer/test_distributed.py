@@ -81,8 +81,8 @@ def test_two_ranks_write_one_checkpoint_set_and_one_model(straight):
     assert steps == list(range(N))
     records = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(N))
-    assert {p.name for p in out.iterdir()} - {"tensorboard"} == {
-        "checkpoints", "metrics.jsonl", "model", "training_log", "val_logits.npz", "val_metrics.json"}
+    assert {p.name for p in out.iterdir()} - {"tensorboard"} == {  # .trainer.lock: rank 0's output-folder lock
+        ".trainer.lock", "checkpoints", "metrics.jsonl", "model", "training_log", "val_logits.npz", "val_metrics.json"}
     if (out / "tensorboard").exists():  # with tensorboardX installed: one writer
         assert len(list((out / "tensorboard").iterdir())) == 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
