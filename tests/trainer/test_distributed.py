@@ -239,7 +239,7 @@ def test_container_with_two_ranks_stops_on_sigterm_with_one_checkpoint(tiny_data
 def test_the_ranks_of_a_host_share_the_data_caches_memory_tier(tmp_path):
     """Two ranks started by one agent (here: this process) name the same /dev/shm folder, so an
     object one of them fetched is found by the other; outside torchrun each process owns its own."""
-    code = "from trainer.data.storage import owned_memory_dir; print(owned_memory_dir(%r))" % str(tmp_path)
+    code = "from trainer.data.storage import memory_tier_dir; print(memory_tier_dir(%r))" % str(tmp_path)
 
     def memory_dir(**env: str) -> str:
         return subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**_env(), **env}, capture_output=True,
