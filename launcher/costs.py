@@ -1,4 +1,9 @@
-"""Cost estimates from the bundled, dated price table (``launcher/data/prices.json``)."""
+"""Cost estimates from the bundled, dated price table (``launcher/data/prices.json``).
+
+Several instances cost their number times as much per hour; with several GPUs in all
+(``launcher/data/gpus.json``) the estimated training time divides by their number (ideal
+data-parallel scaling: an optimistic bound).
+"""
 
 from __future__ import annotations
 
@@ -17,9 +22,6 @@ VALIDATION_OVERHEAD = 1.10
 class InstancePrice:
     instance_type: str
     usd_per_hour: float
-    gpu: str
-    gpus: int
-    gpu_memory_gb: int
     seconds_per_batch: float
     seed: bool = False
 
@@ -44,6 +46,7 @@ class CostEstimate:
     estimated_hours: Optional[float]
     spot: bool
     table: PriceTable
+    ranks: Optional[int] = None  # GPUs (or CPU ranks) in all; None: the type is not in the GPU table
 
     @property
     def max_usd(self) -> Optional[float]:
@@ -79,9 +82,10 @@ class CostEstimate:
         rate = f"${each:.3f}/h × {self.instance_count} = ${self.usd_per_hour:.3f}/h" if self.instance_count > 1 else f"${each:.3f}/h"
         out = [f"cost:        {rate} ({src})"]
         if self.estimated_usd is not None:
+            per = f" ÷ {self.ranks} GPUs, ideal scaling," if self.ranks and self.ranks > 1 else ""
             out.append(
                 f"{pad}≈ ${self.estimated_usd:,.2f} for the whole run, an estimated {_duration(self.estimated_hours)} "
-                "of training (rough: table step time × batches + 10% validation)"
+                f"of training (rough: table step time × batches{per} + 10% validation)"
             )
         if self.past_max_run:
             out.append(f"{pad}--max-run {self.max_hours:g} h stops it before its last batch, at ≈ "
@@ -119,9 +123,6 @@ def price_table() -> PriceTable:
         name: InstancePrice(
             instance_type=name,
             usd_per_hour=float(v["usd_per_hour"]),
-            gpu=v["gpu"],
-            gpus=int(v["gpus"]),
-            gpu_memory_gb=int(v["gpu_memory_gb"]),
             seconds_per_batch=float(v["seconds_per_batch"]),
             seed=bool(v.get("seed", False)),
         )
@@ -139,12 +140,15 @@ def estimate(
     batch_size: Optional[int] = None,
     spot: bool = True,
 ) -> CostEstimate:
+    from .gpus import gpu_table
+
     table = price_table()
     price = table.get(instance_type)
     hourly = price.usd_per_hour * instance_count if price else None
+    ranks = gpu_table().ranks(instance_type, instance_count)
     est_hours = None
     if price and num_batches:
-        scale = (batch_size or REFERENCE_BATCH_SIZE) / REFERENCE_BATCH_SIZE
+        scale = (batch_size or REFERENCE_BATCH_SIZE) / REFERENCE_BATCH_SIZE / (ranks or instance_count)
         est_hours = num_batches * price.seconds_per_batch * scale * VALIDATION_OVERHEAD / 3600
     return CostEstimate(
         instance_type=instance_type,
@@ -154,4 +158,5 @@ def estimate(
         estimated_hours=est_hours,
         spot=spot,
         table=table,
+        ranks=ranks,
     )

@@ -122,13 +122,37 @@ def _spec(opts: StartOptions, job_name: str, config_file: str, image_tag: str, *
 
 
 def check_options(opts: StartOptions, loaded: Optional[LoadedConfig] = None, *, local: bool = False) -> None:
-    """The flag (and config) checks that need no stack (``UsageError``), to run before any AWS call."""
+    """The flag (and config) checks that need no stack (``UsageError``, ``ConfigError``), to run before any AWS call."""
     from .preflight import check_start
 
     if opts.job_name:
         qualify_job_name(opts.job_name, None)  # the stack's prefix only lengthens it: a bad name stays bad
     check_start(opts, loaded.config if loaded else None, local=local)
     check_spec(_spec(opts, job_name="", config_file="", image_tag=""))
+    if loaded is not None:
+        scale_notes(opts.instance_type, opts.instance_count, loaded.config)
+
+
+def scale_notes(instance_type: str, instance_count: int, cfg: Any) -> list[str]:
+    """What data parallelism means for this job: one training rank per GPU on every instance
+    (trainer/torchrun.py), each on its share of every global batch. ``ConfigError`` when a
+    rank would get no trial."""
+    from trainer.config import ConfigError
+
+    from .gpus import gpu_table
+
+    ranks = gpu_table().ranks(instance_type, instance_count)
+    batch = cfg.dataset.batch_size
+    if ranks is None:
+        return [f"{instance_type} is not in launcher/data/gpus.json: the job runs one rank per GPU it finds "
+                f"on each of the {instance_count} instance(s); dataset.batch_size {batch} must be at least that"]
+    if ranks > batch:
+        raise ConfigError("dataset.batch_size", f"{batch} is less than the {ranks} training ranks of {instance_count} "
+                          f"× {instance_type}: each rank needs at least one trial of every batch")
+    if ranks > 1 and batch % ranks:
+        return [f"the global batch of {batch} does not split evenly over {ranks} ranks: shares of "
+                f"{batch // ranks} and {batch // ranks + 1} trials (results are the same; the largest share sets the pace)"]
+    return []
 
 
 def plan(
@@ -162,6 +186,7 @@ def plan(
     validate_request(request)
     result = Plan(spec=spec, request=request, loaded=loaded, outputs=outputs)
     cfg = loaded.config
+    result.notes.extend(scale_notes(spec.instance_type, spec.instance_count, cfg))
     if cfg.s3_bucket or (cfg.dataset.dataset_dir or "").startswith("s3://"):
         result.notes.append(
             f"the config's data location ({cfg.data_url}) is replaced by the stack's "
@@ -231,10 +256,17 @@ def summary_lines(
 ) -> list[str]:
     r, s, cfg = p.request, p.spec, p.loaded.config
     est = cost_estimate(p)
-    gpu = ""
-    if est.table.get(s.instance_type):
-        price = est.table.get(s.instance_type)
-        gpu = f" ({price.gpus} × {price.gpu}, {price.gpu_memory_gb} GB)"
+    from .gpus import gpu_table
+
+    gpus = gpu_table().get(s.instance_type)
+    gpu = f" ({gpus.describe()})" if gpus else ""
+    batch, ranks = cfg.dataset.batch_size, est.ranks
+    ranks_line = []
+    if ranks is None:
+        ranks_line = ["ranks:       one per GPU found on each instance (torchrun + DDP)"]
+    elif ranks > 1:
+        share = f"{batch // ranks}" if batch % ranks == 0 else f"{batch // ranks}-{batch // ranks + 1}"
+        ranks_line = [f"ranks:       {ranks} (torchrun + DDP), {share} trials each of every global batch of {batch}"]
     mode = (
         f"managed spot, max run {s.max_run_hours:g} h, max wait {s.max_wait_s / 3600:g} h"
         if s.spot
@@ -256,6 +288,7 @@ def summary_lines(
         f"data:        {r['HyperParameters']['data_url']} (streamed by the trainer)",
         f"image:       {r['AlgorithmSpecification']['TrainingImage']}{pushed}",
         f"instance:    {s.instance_count} × {s.instance_type}{gpu}, {mode}",
+        *ranks_line,
         f"role:        {r['RoleArn']}",
         f"config in:   {r['InputDataConfig'][0]['DataSource']['S3DataSource']['S3Uri']}{s.config_file}",
         f"checkpoints: {r['CheckpointConfig']['S3Uri'] if 'CheckpointConfig' in r else 'none'}",

@@ -276,8 +276,10 @@ def run_local(
     data_dir: Optional[Path] = None,
     dry_run: bool = False,
     out: Optional[TextIO] = None,
+    ranks: int = 1,
 ) -> int:
     out = out or sys.stdout
+    check_ranks(ranks, loaded.config)
     outputs: StackOutputs = placeholder_outputs(LOCAL_REGION)
     # No image runs here, so no ECR lookup: the request names a placeholder tag.
     plan = launch.plan(opts, loaded, outputs, image_tag=opts.image_tag or LOCAL_IMAGE_TAG)
@@ -285,6 +287,9 @@ def run_local(
     job_dir = Path(runs_dir) / plan.job_name
     print("\n".join(launch.summary_lines(plan, cost=False)), file=out)
     print(f"local:       {job_dir}/ as /opt/ml; data served from a local S3 endpoint; no cost", file=out)
+    if ranks > 1:
+        print(f"ranks:       {ranks} on the CPU (torchrun, gloo), each on its share of every global batch of "
+              f"{loaded.config.dataset.batch_size}", file=out)
     if dry_run:
         print("\nCreateTrainingJob request (dry run: nothing run):", file=out)
         print(json.dumps(request, indent=2), file=out)
@@ -315,6 +320,10 @@ def run_local(
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(local_env(s3server.url))
         env.update(request.get("Environment", {}))
+        if ranks > 1:  # the container entry starts torchrun with this many ranks
+            from trainer.torchrun import NPROC_ENV
+
+            env[NPROC_ENV] = str(ranks)
         env.update(
             B2T_OPT_ML=str(job_dir.resolve()),
             TRAINING_JOB_NAME=plan.job_name,
@@ -325,6 +334,16 @@ def run_local(
         result = run_trainer(job_dir, env, out)
 
     return report(plan.job_name, paths, result, time.monotonic() - started, out)
+
+
+def check_ranks(ranks: int, config: Any) -> None:
+    from trainer.config import ConfigError
+
+    if ranks < 1:
+        raise UsageError("--ranks must be at least 1")
+    if ranks > config.dataset.batch_size:
+        raise ConfigError("dataset.batch_size", f"{config.dataset.batch_size} is less than --ranks {ranks}: "
+                          "each rank needs at least one trial of every batch")
 
 
 def report(job: str, paths: dict[str, Path], result: LocalResult, seconds: float, out: TextIO) -> int:

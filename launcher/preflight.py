@@ -70,18 +70,24 @@ def check_init_checkpoint(cfg: Any, *, local: bool) -> None:
         raise UsageError(f"init_checkpoint_path: no such file: {path}")
 
 
-def check_batch_memory(cfg: Any, instance_type: str) -> None:
-    """A lower bound (every trial only one patch long) against one GPU of the instance type."""
+def check_batch_memory(cfg: Any, instance_type: str, instance_count: int = 1) -> None:
+    """A lower bound (every trial only one patch long) against one GPU of the instance type, which
+    trains its share of every batch (one rank per GPU: launcher/data/gpus.json)."""
     from trainer.checks import check_batch_fits
 
-    from .costs import price_table
+    from .gpus import gpu_table
 
-    price = price_table().get(instance_type)
-    if price is None or not price.gpus:
+    gpus = gpu_table().get(instance_type)
+    if gpus is None or not gpus.gpus:
         return
+    ranks = instance_count * gpus.gpus
+    share = -(-cfg.dataset.batch_size // ranks)
+    if ranks > 1:
+        cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"batch_size": share})})
     shortest = max(cfg.model.patch_size, 1)
-    per_gpu = price.gpu_memory_gb * 2**30 // price.gpus
-    check_batch_fits(cfg, shortest, per_gpu, f"one {price.gpu} of {instance_type} (the trainer uses one GPU)",
+    where = (f"one {gpus.gpu} of {instance_type}, which trains {share} of each batch's trials" if ranks > 1
+             else f"one {gpus.gpu} of {instance_type}")
+    check_batch_fits(cfg, shortest, gpus.gpu_memory_gb * 2**30, where,
                      trials=f"trials, even were each only one patch ({shortest} bins) long,")
 
 
@@ -95,4 +101,4 @@ def check_start(opts: Any, cfg: Any = None, *, local: bool = False) -> None:
     if cfg is not None:
         check_init_checkpoint(cfg, local=local)
         if not local:
-            check_batch_memory(cfg, opts.instance_type)
+            check_batch_memory(cfg, opts.instance_type, opts.instance_count)

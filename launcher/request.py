@@ -39,7 +39,6 @@ DEFAULT_INSTANCE_TYPE = "ml.g5.2xlarge"
 # ECR tags are immutable in the stack (infra/registry.py): every push has its own tag (see
 # `launcher image`), and `start` without --image-tag takes the newest pushed image.
 LOCAL_IMAGE_TAG = "local"  # local mode runs no image; its request names this placeholder
-SINGLE_INSTANCE = "--instance-count: the trainer runs on one instance; use a larger instance type instead"
 DEFAULT_MAX_RUN_HOURS = 48.0  # the reference config (120,000 batches) is estimated at ~29 h on ml.g5.2xlarge
 DEFAULT_VOLUME_GB = 50
 # SageMaker limits: MaxRuntimeInSeconds ≤ 28 days; a job name is ≤ 63 characters.
@@ -151,9 +150,6 @@ def check_spec(spec: JobSpec) -> None:
     """The checks of the user's flags that need no stack: :class:`UsageError` on the first failing."""
     if spec.instance_count < 1:
         raise UsageError("--instance-count must be at least 1")
-    if spec.instance_count > 1:
-        # trainer/environment.py: every host would train alone, all writing the same checkpoints.
-        raise UsageError(SINGLE_INSTANCE)
     if spec.spot and not spec.checkpoints:
         raise UsageError("managed spot needs checkpoints to survive interruptions: drop --no-checkpoints or add --on-demand")
     if not 0 < spec.max_run_s <= MAX_RUNTIME_S:

@@ -35,6 +35,7 @@ def plan_resume(
     *,
     new_name: Optional[str] = None,
     instance_type: Optional[str] = None,
+    instance_count: Optional[int] = None,
     on_demand: bool = False,
     max_run_hours: Optional[float] = None,
     image_tag: Optional[str] = None,
@@ -67,7 +68,7 @@ def plan_resume(
     opts = launch.StartOptions(
         job_name=new_name,
         instance_type=instance_type or rc["InstanceType"],
-        instance_count=1,  # the trainer runs on one instance (an older job may have asked for more)
+        instance_count=instance_count or rc.get("InstanceCount", 1),
         volume_gb=rc.get("VolumeSizeInGB", 50),
         spot=spot,
         max_run_hours=run_h,
@@ -98,8 +99,6 @@ def plan_resume(
         extra_tags=((TAG_RESUMED_FROM, job),),
     )
     p.claims.append(lineage.entry(len(members), p.job_name, job))
-    if rc.get("InstanceCount", 1) > 1:
-        p.notes.append(f"{job} ran on {rc['InstanceCount']} instances; the trainer uses one, so this job runs on one")
     found, p.done_batches = checkpoint_progress(aws, ckpt)
     p.notes.append(
         f"resumes {job} ({status}) from {ckpt} ({found} checkpoint object(s), the newest at step {p.done_batches})"

@@ -7,6 +7,7 @@ ends the run with one line naming the problem (and, in a container, the same lin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -91,6 +92,10 @@ def run(argv: Sequence[str], env=os.environ) -> int:
     for note in spec.notes:
         log.warning(note)
     cfg = build_config(spec)
+    if container and not spec.dry_run:
+        code = run_ranks_if_needed(env, spec.failure_file)
+        if code is not None:
+            return code
     log.info("config %s, data %s, output %s", spec.config_path, cfg.data_url, spec.paths.output_dir)
 
     from .data import check_data
@@ -105,22 +110,44 @@ def run(argv: Sequence[str], env=os.environ) -> int:
     from .train import COMPLETED, EARLY_STOPPED, train
 
     from .checkpoint import output_lock
+    from .distributed import ranks_from_env
 
-    with output_lock(spec.paths.output_dir):  # one trainer per output folder
-        handler = log_to_file(spec.paths.output_dir)
+    main_rank = ranks_from_env(env).is_main
+    # one trainer per output folder; under torchrun rank 0 holds the lock and writes the outputs
+    with output_lock(spec.paths.output_dir) if main_rank else contextlib.nullcontext():
+        handler = log_to_file(spec.paths.output_dir) if main_rank else None
         stop = StopFlag()
         previous = stop.install()
         try:
             result = train(cfg, spec.paths, should_stop=stop, start_fresh=spec.start_fresh)
         finally:
             stop.uninstall(previous)
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+    if result.status in (COMPLETED, EARLY_STOPPED) and not main_rank:
+        return EXIT_OK
     if result.status in (COMPLETED, EARLY_STOPPED):
         print(f"done: {result.status} at step {result.step}, best val PER {result.best_val_PER:.4f}, "
               f"model {result.model_path}", flush=True)
         return EXIT_OK
     return EXIT_STOPPED
+
+
+def run_ranks_if_needed(env, failure_file: Optional[Path]) -> Optional[int]:
+    """In a job with several GPUs or hosts: run the ranks under torchrun (see :mod:`trainer.torchrun`)
+    and return their exit status; None to train in this process."""
+    from .environment import container_root
+    from .torchrun import container_layout, run_ranks
+
+    layout = container_layout(container_root(env), env)
+    if layout is None:
+        return None
+    code = run_ranks(layout, env)
+    if code not in (EXIT_OK, EXIT_STOPPED) and failure_file is not None and not failure_file.exists():
+        report_failure(f"training error: torchrun exited with status {code} (the ranks' log has the reason)",
+                       failure_file)
+    return code
 
 
 def main(argv: Optional[Sequence[str]] = None, env=os.environ) -> int:

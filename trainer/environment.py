@@ -35,6 +35,9 @@ an /opt/ml-like tree and point it there). From the container contract:
   while the job runs; the API's default is ``/opt/ml/output/tensorboard``), else
   ``<root>/output/data/tensorboard`` (then they travel in ``output.tar.gz``).
 
+With more than one GPU or host (``resourceconfig.json``), the entry point starts torchrun
+itself and every rank reads this same tree (:mod:`trainer.torchrun`).
+
 ``SM_MODEL_DIR``, ``SM_OUTPUT_DATA_DIR`` and ``SM_CHANNEL_<NAME>`` are honoured where set
 (the SageMaker training toolkit sets them; a bare image does not).
 """
@@ -226,13 +229,9 @@ def spec_from_container(env: Mapping[str, str] = os.environ) -> RunSpec:
     root = container_root(env)
     config_dir = root / "input" / "config"
     hp = _read_json(config_dir / "hyperparameters.json")
-    resources = _read_json(config_dir / "resourceconfig.json")
     checkpoint_cfg = _read_json(config_dir / "checkpointconfig.json")
     tensorboard_cfg = _read_json(config_dir / "tensorboardoutputconfig.json")
-    notes = []
-    hosts = resources.get("hosts") or []
-    if len(hosts) > 1:
-        notes.append(f"{len(hosts)} hosts: this trainer uses one; host {resources.get('current_host')} trains alone")
+    notes: list[str] = []  # several hosts train together: trainer/torchrun.py reads resourceconfig.json
     data_url = hp.get(HP_DATA_URL) or None
     if data_url is None:
         for name in DATA_CHANNELS:

@@ -8,6 +8,10 @@ reference's parameter groups and per-step learning rates, gradient clipping, opt
 every ``batches_per_val_step`` batches and after the last one, keeps the best weights,
 stops early if asked to, checkpoints at validation steps and every ``batches_per_save``
 batches, and stops cleanly (checkpoint first) when ``should_stop()`` turns true.
+
+Under torchrun it trains data-parallel (:mod:`trainer.distributed`): DDP, each rank on its
+share of every global batch, rank 0 alone validating and writing; one process is the
+special case of one rank.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from . import distributed as dist
 from .augment import transform
 from .config import ConfigError, TrainConfig, dump_config
 from .export import export_model
@@ -37,6 +42,7 @@ from .validation import ValResult, autocast, composite_alpha, composite_loss, ct
 log = logging.getLogger(__name__)
 
 COMPLETED, EARLY_STOPPED, INTERRUPTED = "completed", "early_stopped", "interrupted"
+RANK_RNG_STATES = "rank_rng_states"  # checkpoint key: every rank's RNG states, by rank (several ranks only)
 
 
 class TrainingError(RuntimeError):
@@ -76,6 +82,9 @@ class Run:
     generator: torch.Generator  # augmentation noise, on the training device
     sink: Monitor  # every metric record goes here: METRIC lines, metrics.jsonl, TensorBoard, progress
     progress: Progress = field(default_factory=Progress)
+    ranks: dist.Ranks = field(default_factory=dist.Ranks)
+    train_forward: Optional[torch.nn.Module] = None  # the DDP wrapper when there are several ranks
+    saved_step: int = -1  # the step of the last checkpoint this run wrote
 
 
 @dataclass
@@ -180,17 +189,27 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, cfg: TrainConfig, step:
 
 
 def setup(cfg: TrainConfig, paths: RunPaths, start_fresh: bool = False) -> tuple[Run, Optional[dict]]:
-    """Everything but the data; returns the run and the checkpoint to resume from (or None)."""
-    device = select_device(cfg.gpu_number)
+    """Everything but the data; returns the run and the checkpoint to resume from (or None).
+
+    Under torchrun this joins the process group; rank 0 reads the checkpoint and every rank
+    resumes from that same one."""
+    ranks = dist.ranks_from_env()
+    device = dist.device_for(ranks, select_device(cfg.gpu_number))
+    dist.start(ranks, device)
+    if ranks.distributed and cfg.dataset.batch_size < ranks.world_size:
+        raise ConfigError("dataset.batch_size", f"{cfg.dataset.batch_size} is less than the {ranks.world_size} "
+                          "ranks: each rank needs at least one trial of every batch")
     configure_determinism(device)
     seed_everything(cfg.seed)
-    latest = ckpt.load_latest(paths.checkpoint_dir, start_fresh=start_fresh)
+    latest = dist.broadcast(ckpt.load_latest(paths.checkpoint_dir, start_fresh=start_fresh) if ranks.is_main else None, ranks)
     model = setup_model(cfg, init_weights=latest is None).to(device)
+    if ranks.rank > 0 and cfg.seed != -1:  # after the (identical) init: own dropout and noise streams
+        seed_everything(rank_seed(cfg.seed, ranks.rank))
     optimizer = setup_optimizer(model, cfg, device)
     amp_dtype = amp_dtype_for(device, cfg.use_amp)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.seed if cfg.seed != -1 else torch.seed())
+    generator.manual_seed(rank_seed(cfg.seed, ranks.rank) if cfg.seed != -1 else torch.seed())
     forward = torch.compile(model) if cfg.compile else model
     log.info("device %s, AMP %s, compile %s", device, amp_dtype or "off", cfg.compile)
     run = Run(
@@ -203,23 +222,41 @@ def setup(cfg: TrainConfig, paths: RunPaths, start_fresh: bool = False) -> tuple
         scaler=scaler,
         amp_dtype=amp_dtype,
         generator=generator,
-        sink=Monitor(MetricsSink(paths.output_dir / "metrics.jsonl"), total=cfg.num_training_batches,
+        # rank 0 alone prints and records metrics, TensorBoard and progress
+        sink=Monitor(MetricsSink(paths.output_dir / "metrics.jsonl" if ranks.is_main else None),
+                     total=cfg.num_training_batches, enabled=ranks.is_main,
                      tensorboard_dir=paths.tensorboard_dir or paths.output_dir / "tensorboard"),
+        ranks=ranks,
     )
-    if latest is None:
-        return run, None
-    path, state = latest
-    restore_training_state(run, state)
-    log.info("resuming from %s at step %d", path, run.progress.step)
-    return run, state
+    if latest is not None:
+        path, state = latest
+        restore_training_state(run, state)
+        log.info("resuming from %s at step %d", path, run.progress.step)
+    if ranks.distributed:
+        ddp = dist.wrap(model, device)
+        run.train_forward = torch.compile(ddp) if cfg.compile else ddp
+        log.info("data parallel: %d ranks, each on its share of every global batch of %d", ranks.world_size,
+                 cfg.dataset.batch_size)
+    return run, None if latest is None else latest[1]
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Rank 0 keeps the configured seed (one process trains as before); the others get their own."""
+    return seed if rank == 0 else (seed * 1_000_003 + rank) % 2**63
 
 
 # ---------------------------------------------------------------------------------------
 # Checkpoints
 
 
-def save_checkpoint(run: Run) -> Path:
+def save_checkpoint(run: Run) -> Optional[Path]:
+    """Every rank calls this at the same batch (their RNG states go in); rank 0 writes."""
     p = run.progress
+    rng = ckpt.capture_rng(run.generator)
+    per_rank = dist.gather(rng, run.ranks)
+    run.saved_step = p.step  # on every rank: they decide alike whether a stop must save
+    if not run.ranks.is_main:
+        return None
     state = {
         ckpt.FORMAT: ckpt.FORMAT_VERSION,
         ckpt.STEP: p.step,
@@ -229,15 +266,30 @@ def save_checkpoint(run: Run) -> Path:
         ckpt.PROGRESS: asdict(p),
         ckpt.VAL_PER: p.best_val_PER,
         ckpt.VAL_LOSS: p.best_val_loss,
-        ckpt.RNG_STATE: ckpt.capture_rng(run.generator),
+        ckpt.RNG_STATE: rng,
         ckpt.CONFIG: dump_config(run.cfg),
         ckpt.SESSIONS: list(run.cfg.dataset.sessions),
     }
+    if run.ranks.distributed:
+        state[RANK_RNG_STATES] = per_rank
     path = ckpt.periodic_path(run.paths.checkpoint_dir, p.step)
     ckpt.save_atomic(state, path)
     ckpt.prune(run.paths.checkpoint_dir, run.cfg.keep_last_checkpoints)
     log.info("checkpoint %s", path)
     return path
+
+
+def restore_rng(run: Run, state: dict) -> None:
+    """This rank's RNG streams from the checkpoint. Resuming with another number of ranks
+    keeps the weights and the batches; the noise streams of ranks > 0 then start afresh."""
+    rng, ranks = state[ckpt.RNG_STATE], run.ranks
+    saved = state.get(RANK_RNG_STATES) or [rng]
+    if len(saved) == ranks.world_size:
+        ckpt.restore_rng(saved[ranks.rank], run.generator)
+    elif ranks.is_main:
+        ckpt.restore_rng(rng, run.generator)
+        log.warning("the checkpoint was written by %d rank(s), this run has %d: ranks > 0 draw new noise streams",
+                    len(saved), ranks.world_size)
 
 
 def restore_training_state(run: Run, state: dict) -> None:
@@ -279,7 +331,8 @@ def save_best(run: Run, result: ValResult, step: int) -> None:
 def train_step(run: Run, batch: dict, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on one batch; returns (loss, grad norm) as device tensors."""
     cfg, device = run.cfg, run.device
-    run.forward.train()
+    forward = run.train_forward or run.forward
+    forward.train()
     run.optimizer.zero_grad(set_to_none=True)
     set_learning_rates(run.optimizer, cfg, step)
     features = batch["input_features"].to(device, non_blocking=True)
@@ -295,11 +348,13 @@ def train_step(run: Run, batch: dict, step: int) -> tuple[torch.Tensor, torch.Te
             features, n_steps, cfg.dataset.data_transforms, train=True, generator=run.generator
         )
         lengths = output_lengths(n_steps, cfg.model.patch_size, cfg.model.patch_stride)
-        logits = run.forward(features, days)
+        logits = forward(features, days)
         if alpha is None:
             loss = ctc_loss(logits, labels, lengths, label_lens)
         else:
             loss = composite_loss(logits, lengths, labels, label_lens, phonemes, phoneme_lens, alpha)
+    if run.ranks.distributed:  # this rank's part of the global-batch mean (see trainer.distributed)
+        loss = loss * dist.loss_weight(labels.shape[0], cfg.dataset.batch_size, run.ranks)
     if run.scaler is not None:
         run.scaler.scale(loss).backward()
         run.scaler.unscale_(run.optimizer)
@@ -319,6 +374,8 @@ def train_step(run: Run, batch: dict, step: int) -> tuple[torch.Tensor, torch.Te
         run.scaler.update()
     else:
         run.optimizer.step()
+    if run.ranks.distributed:  # the weighted loss summed over ranks is the global mean
+        loss = loss / run.ranks.world_size
     return loss.detach(), grad_norm.detach()
 
 
@@ -377,6 +434,15 @@ def validate(run: Run, val_loader, i: int, should_stop: Callable[[], bool]) -> b
     return True
 
 
+def validate_on_main(run: Run, val_loader, i: int, should_stop: Callable[[], bool]) -> bool:
+    """:func:`validate` on rank 0; the other ranks wait and take its verdict and progress."""
+    ok = validate(run, val_loader, i, should_stop) if run.ranks.is_main else False
+    if run.ranks.distributed:
+        ok, progress = dist.broadcast((ok, asdict(run.progress)), run.ranks)
+        run.progress = Progress(**progress)
+    return ok
+
+
 def write_val_metrics(run: Run, result: ValResult, step: int) -> None:
     """The best validation step's metrics (and logits if save_val_logits) in the output dir."""
     sessions = run.cfg.dataset.sessions
@@ -410,26 +476,37 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
     start_fresh: bool = False,
 ) -> RunResult:
+    try:
+        run, resumed = setup(cfg, paths, start_fresh)
+        return _train(run, resumed, should_stop)
+    finally:
+        dist.stop()
+
+
+def _train(run: Run, resumed: Optional[dict], should_stop: Callable[[], bool]) -> RunResult:
     from .data import make_loaders
 
-    run, resumed = setup(cfg, paths, start_fresh)
-    p = run.progress
-    train_loader, val_loader = make_loaders(cfg, start_batch=p.step)
+    cfg, ranks, p = run.cfg, run.ranks, run.progress
+    data_seed = cfg.dataset.seed if cfg.dataset.seed >= 0 or not ranks.distributed else \
+        dist.broadcast(random.SystemRandom().getrandbits(31), ranks)  # "random", but one for all ranks
+    train_loader, val_loader = make_loaders(cfg, start_batch=p.step, rank=ranks.rank, world_size=ranks.world_size,
+                                            prefetch=dist.local_rank_zero(), seed=data_seed)
     batches = iter(train_loader)
     if resumed is not None:  # after the loader, which may draw from torch's RNG when it starts
-        ckpt.restore_rng(resumed[ckpt.RNG_STATE], run.generator)
+        restore_rng(run, resumed)
     if val_loader is None:
         log.warning("no validation data: no validation, best model or early stopping")
     last = cfg.num_training_batches - 1
     run.sink.start(p.step)
     if val_loader is not None and p.step > 0 and is_val_step(cfg, p.step - 1) and p.last_val_step != p.step - 1:
-        validate(run, val_loader, p.step - 1, should_stop)  # interrupted during that validation
+        validate_on_main(run, val_loader, p.step - 1, should_stop)  # interrupted during that validation
+        p = run.progress
     # sec_per_batch: wall time of training batches only (loading, step, and the sync of the
     # logged values); validation and checkpoints are timed apart (val_seconds).
     log_every, loss_sum, train_seconds, interval_batches = cfg.batches_per_train_log, None, 0.0, 0
 
     while p.step <= last and not p.early_stopped:
-        if should_stop():
+        if dist.any_rank(should_stop(), ranks, run.device):
             return stop(run)
         i = p.step
         started = time.monotonic()
@@ -440,6 +517,7 @@ def train(
         if i % log_every == 0 or i == last:
             lr, lr_day = learning_rates(cfg, i)
             alpha = composite_alpha(cfg, i)
+            loss_sum = dist.sum_over_ranks(loss_sum, ranks)
             values = {"train_loss": float(loss_sum) / interval_batches, "lr": lr, "lr_day": lr_day,
                       "grad_norm": float(grad_norm)}
             train_seconds += time.monotonic() - started
@@ -450,24 +528,32 @@ def train(
             train_seconds += time.monotonic() - started
         run.sink.batch_done(p.step)
         at_val = val_loader is not None and is_val_step(cfg, i)
-        if at_val and not validate(run, val_loader, i, should_stop):
+        if at_val and not validate_on_main(run, val_loader, i, should_stop):
             return stop(run)
+        p = run.progress  # validation on rank 0 may have replaced it on the others
         if at_val or (cfg.batches_per_save and p.step % cfg.batches_per_save == 0) or p.step > last:
             save_checkpoint(run)
     return finish(run)
 
 
 def stop(run: Run) -> RunResult:
-    """Asked to stop (SIGTERM): save where we are and report it."""
-    path = save_checkpoint(run)
+    """Asked to stop (SIGTERM): save where we are (unless just saved) and report it."""
+    p = run.progress
+    path = ckpt.periodic_path(run.paths.checkpoint_dir, p.step) if run.saved_step == p.step else save_checkpoint(run)
     run.sink.close()
-    log.warning("stop requested: saved %s at step %d; start again to resume", path, run.progress.step)
+    if run.ranks.is_main:
+        log.warning("stop requested: saved %s at step %d; start again to resume", path, run.progress.step)
+    dist.barrier(run.ranks)  # no rank exits before the checkpoint is on disk
     return RunResult(INTERRUPTED, run.progress.step, run.progress.best_val_PER, None)
 
 
 def finish(run: Run) -> RunResult:
-    """Write the model: the best validation weights if kept, else the final ones."""
+    """Write the model (rank 0): the best validation weights if kept, else the final ones."""
     cfg, p = run.cfg, run.progress
+    status = EARLY_STOPPED if p.early_stopped else COMPLETED
+    if not run.ranks.is_main:
+        dist.barrier(run.ranks)  # wait for rank 0's model
+        return RunResult(status, p.step, p.best_val_PER, None)
     best_file = run.paths.checkpoint_dir / ckpt.BEST_FILE
     final = run.model.state_dict()
     info = {"n_classes": cfg.n_classes, "step": p.step, "best_val_PER": p.best_val_PER,
@@ -483,7 +569,7 @@ def finish(run: Run) -> RunResult:
     if cfg.save_final_model:
         export_model(run.paths.model_dir, run.model, final, cfg, file_name="final_model.pt",
                      **{**info, "weights": "final", "step": p.step})
-    status = EARLY_STOPPED if p.early_stopped else COMPLETED
     log.info("%s at step %d; best validation PER %.4f; model %s", status, p.step, p.best_val_PER, path)
+    dist.barrier(run.ranks)
     return RunResult(status, p.step, p.best_val_PER, path)
 

@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
                    help="train up to N batches in all (needed to resume a Completed job)")
     p.add_argument("--job-name", help="name of the new job (default: <first job of the lineage>-r<N>)")
     p.add_argument("--instance-type", help="default: the first job's")
+    p.add_argument("--instance-count", type=int, metavar="N",
+                   help="default: the first job's (a checkpoint resumes on any number of GPUs)")
     p.add_argument("--on-demand", action="store_true", help="on-demand instead of managed spot")
     p.add_argument("--max-run", type=float, metavar="HOURS", help="default: the first job's")
     p.add_argument("--accept-cut", action="store_true",
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         job_name(args, outputs),
         new_name=args.job_name,
         instance_type=args.instance_type,
+        instance_count=args.instance_count,
         on_demand=args.on_demand,
         max_run_hours=args.max_run,
         image_tag=args.image_tag,

@@ -12,9 +12,11 @@ from . import add_aws_args, command_parser
 EXAMPLES = """
 python -m launcher start --local -y                         # demo: synthetic data, local S3, no AWS
 python -m launcher start --local --config rnn_args.yaml --data ~/data/hdf5_data_final --num-training-batches 200
+python -m launcher start --local --ranks 2 -y                # the demo with 2 data-parallel CPU ranks
 python -m launcher start --config rnn_args.yaml --dry-run   # print the request, submit nothing
 python -m launcher start --config rnn_args.yaml -y          # managed spot on ml.g5.2xlarge, newest image
 python -m launcher start --config rnn_args.yaml --image-tag 3f2a9c1b7d4e -y   # a given pushed image
+python -m launcher start --config rnn_args.yaml --instance-type ml.g5.12xlarge --instance-count 2 -y  # 8 GPUs
 python -m launcher start --config rnn_args.yaml --instance-type ml.g4dn.xlarge --batch-size 32 \\
     --num-training-batches 1000 --on-demand --max-run 2 --set lr_max=0.004 --wait
 """
@@ -39,7 +41,8 @@ def add_parser(sub) -> None:
     g.add_argument("--job-name", help="job name (the stack's prefix is added when missing; default: <prefix>-<config>-<time>)")
     g.add_argument("--instance-type", default="ml.g5.2xlarge", help="default: %(default)s")
     g.add_argument("--instance-count", type=int, default=1, metavar="N",
-                   help="must be 1: the trainer runs on one instance (default: %(default)s)")
+                   help="instances; the job trains on every GPU of every instance (one torchrun rank per GPU, "
+                        "dataset.batch_size stays the global batch; default: %(default)s)")
     g.add_argument("--volume-gb", type=int, default=50, metavar="GB", help="instance volume (default: %(default)s)")
     g.add_argument("--on-demand", action="store_true", help="on-demand instead of managed spot")
     g.add_argument("--no-checkpoints", action="store_true", help="no checkpoint sync (only with --on-demand)")
@@ -58,6 +61,8 @@ def add_parser(sub) -> None:
     loc.add_argument("--local", action="store_true", help="run the same job on this machine (no Docker, no AWS)")
     loc.add_argument("--runs-dir", type=Path, default=Path("runs"), help="local jobs and data cache (default: %(default)s)")
     loc.add_argument("--data", type=Path, metavar="DIR", help="local session folders to serve (default: synthetic data)")
+    loc.add_argument("--ranks", type=int, default=1, metavar="N",
+                     help="train with N processes on the CPU (torchrun, gloo), as a job does on N GPUs (default: %(default)s)")
     add_aws_args(p)
     p.set_defaults(handler=run)
 
@@ -87,13 +92,18 @@ def run(args: argparse.Namespace) -> int:
     from launcher import launch
 
     opts = options(args)
+    if args.ranks != 1 and not args.local:
+        from launcher.errors import UsageError
+
+        raise UsageError("--ranks is for --local; a job's ranks are its instances' GPUs (--instance-type, --instance-count)")
     if args.local:
         from launcher import local
         from trainer.config import DEMO_CONFIG
 
         loaded = launch.load(opts.config, opts.all_overrides(), default=DEMO_CONFIG)
         launch.check_options(opts, loaded, local=True)
-        return local.run_local(opts, loaded, runs_dir=args.runs_dir, data_dir=args.data, dry_run=args.dry_run)
+        return local.run_local(opts, loaded, runs_dir=args.runs_dir, data_dir=args.data, dry_run=args.dry_run,
+                               ranks=args.ranks)
 
     # Validate the config and the flags before any AWS call: a typo costs nothing here.
     loaded = launch.load(opts.config, opts.all_overrides())

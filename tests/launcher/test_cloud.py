@@ -73,6 +73,19 @@ def test_start_prints_cost_and_next_commands(deployed, cli):
     assert "python -m launcher logs " in out and "python -m launcher download " in out
 
 
+def test_several_multi_gpu_instances_make_one_data_parallel_job(deployed, cli):
+    code, out, err = cli("start", "--config", DEMO_CONFIG, "--instance-type", "ml.g5.12xlarge", "--instance-count", "2",
+                         "--batch-size", "12", "--on-demand", "--max-run", "2", "-y")
+    assert code == 0, err
+    desc = deployed.client("sagemaker").describe_training_job(TrainingJobName=submitted_job(out))
+    assert desc["ResourceConfig"]["InstanceType"] == "ml.g5.12xlarge" and desc["ResourceConfig"]["InstanceCount"] == 2
+    text = flat(out)
+    assert "2 × ml.g5.12xlarge (4 × A10G, 24 GB each)" in text
+    assert "ranks: 8 (torchrun + DDP), 1-2 trials each of every global batch of 12" in text
+    assert "$7.090/h × 2 = $14.180/h" in text and "at most $28.36" in text and "÷ 8 GPUs, ideal scaling" in text
+    assert "does not split evenly over 8 ranks: shares of 1 and 2 trials" in text
+
+
 def test_on_demand_has_no_max_wait(deployed, cli):
     code, out, _ = cli("start", "--config", DEMO_CONFIG, "--on-demand", "--max-run", "3", "-y")
     desc = deployed.client("sagemaker").describe_training_job(TrainingJobName=submitted_job(out))

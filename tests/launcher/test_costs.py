@@ -25,10 +25,30 @@ def test_estimate_is_price_times_duration_capped_by_max_run():
     assert est.capped_usd == est.estimated_usd and not est.past_max_run
 
 
-def test_estimate_scales_with_instances_and_batch_size():
+def test_estimate_scales_with_instances_gpus_and_batch_size():
     one = estimate("ml.g4dn.xlarge", max_run_s=3600, num_batches=1000, batch_size=24)
+    big = estimate("ml.g4dn.xlarge", max_run_s=3600, num_batches=1000, batch_size=48)
+    assert big.estimated_hours == 2 * one.estimated_hours
+    # 2 instances: twice the price per hour; 2 GPUs in all: half the (ideal) time
     two = estimate("ml.g4dn.xlarge", instance_count=2, max_run_s=3600, num_batches=1000, batch_size=48)
-    assert two.usd_per_hour == 2 * one.usd_per_hour and two.estimated_hours == 2 * one.estimated_hours
+    assert two.ranks == 2 and two.usd_per_hour == 2 * one.usd_per_hour
+    assert two.estimated_hours == pytest.approx(one.estimated_hours)
+    assert any("÷ 2 GPUs, ideal scaling" in line for line in two.lines())
+    # 2 × ml.g5.12xlarge: 8 A10G GPUs
+    eight = estimate("ml.g5.12xlarge", instance_count=2, max_run_s=3600, num_batches=1000, batch_size=48)
+    assert eight.ranks == 8 and eight.usd_per_hour == pytest.approx(2 * 7.09)
+    assert eight.estimated_hours == pytest.approx(1000 * 0.58 / 8 * 1.1 / 3600)
+
+
+def test_gpu_table_is_dated_sourced_and_covers_the_price_table():
+    from launcher.gpus import gpu_table
+
+    gpus = gpu_table()
+    assert gpus.as_of and "EC2" in gpus.source
+    assert set(price_table().instances) <= set(gpus.instances)
+    assert gpus.get("ml.g5.12xlarge").gpus == 4 and gpus.get("ml.p4d.24xlarge").gpus == 8
+    assert gpus.get("ml.g5.2xlarge").gpus == 1 and gpus.ranks("ml.g6.48xlarge", 2) == 16
+    assert gpus.ranks("ml.m5.xlarge", 2) is None
 
 
 def test_unknown_instance_type_says_so():

@@ -121,12 +121,19 @@ def test_bad_config_fails_before_any_aws_call(deployed, cli, monkeypatch, args, 
 
 
 @pytest.mark.parametrize("local", [(), ("--local", "--dry-run")])
-def test_more_than_one_instance_is_refused_before_any_aws_call(deployed, cli, monkeypatch, local):
+def test_more_ranks_than_trials_per_batch_is_refused_before_any_aws_call(deployed, cli, monkeypatch, local):
     monkeypatch.setattr("launcher.aws.Aws", NoAwsAllowed)
-    code, _, err = start(cli, "--instance-count", "2", *local)
+    code, _, err = start(cli, "--instance-count", "2", "--instance-type", "ml.g5.48xlarge", "--batch-size", "8", *local)
     assert code == 2
-    assert_one_line_error(code, err, "--instance-count: the trainer runs on one instance; use a larger instance type instead")
+    assert_one_line_error(code, err, "config: dataset.batch_size: 8 is less than the 16 training ranks of "
+                                     "2 × ml.g5.48xlarge: each rank needs at least one trial of every batch")
     assert no_jobs(deployed.server)
+
+
+def test_ranks_outside_local_mode_are_refused(deployed, cli, monkeypatch):
+    monkeypatch.setattr("launcher.aws.Aws", NoAwsAllowed)
+    code, _, err = start(cli, "--ranks", "2")
+    assert_one_line_error(code, err, "--ranks is for --local; a job's ranks are its instances' GPUs")
 
 
 def test_missing_config_file(aws_env, cli, tmp_path, monkeypatch):

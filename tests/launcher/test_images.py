@@ -115,15 +115,15 @@ def test_resume_keeps_the_first_jobs_image_after_a_newer_push(deployed, cli):
     assert json.loads(out[out.index("{"):])["AlgorithmSpecification"]["TrainingImage"].endswith(":" + NEWER)
 
 
-def test_resume_of_a_multi_instance_job_runs_on_one(deployed, cli):
-    code, out, _ = cli("start", "--config", DEMO_CONFIG, "-y")
+def test_resume_of_a_multi_instance_job_keeps_its_instances_unless_told(deployed, cli):
+    code, out, _ = cli("start", "--config", DEMO_CONFIG, "--instance-count", "2", "-y")
     job = next(line.split()[1] for line in out.splitlines() if line.startswith("submitted "))
-    fake = deployed.training_job(job)
-    fake.training_job_status, fake.resource_config = "Failed", {**fake.resource_config, "InstanceCount": 2}
+    deployed.training_job(job).training_job_status = "Failed"
     code, out, err = cli("resume", job, "--dry-run")
     assert code == 0, err
+    assert json.loads(out[out.index("{"):])["ResourceConfig"]["InstanceCount"] == 2
+    code, out, err = cli("resume", job, "--dry-run", "--instance-count", "1")
     assert json.loads(out[out.index("{"):])["ResourceConfig"]["InstanceCount"] == 1
-    assert "ran on 2 instances; the trainer uses one" in out
 
 
 # ---------------------------------------------------------------------------------------

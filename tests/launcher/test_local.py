@@ -18,21 +18,31 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
+def local_data(tmp_path_factory):
+    from trainer.synthetic import SyntheticSpec, generate
+
+    root = tmp_path_factory.mktemp("local_data")
+    generate(root, SyntheticSpec(train_trials=8, val_trials=4))
+    return root
+
+
+def run_local(runs, data, *extra):
     """One tiny local job on small synthetic sessions: (exit code, stdout, job dir)."""
     import contextlib
     import io
 
     from launcher.cli import main
-    from trainer.synthetic import SyntheticSpec, generate
 
-    root = tmp_path_factory.mktemp("local")
-    generate(root / "data", SyntheticSpec(train_trials=8, val_trials=4))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(["start", "--local", "-y", "--runs-dir", str(root / "runs"), "--data", str(root / "data"), *TINY])
-    (job_dir,) = [p for p in (root / "runs").iterdir() if p.name.startswith("b2t-demo-")]
+        code = main(["start", "--local", "-y", "--runs-dir", str(runs), "--data", str(data), *TINY, *extra])
+    (job_dir,) = [p for p in runs.iterdir() if p.name.startswith("b2t-demo-")]
     return code, out.getvalue(), job_dir
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, local_data):
+    return run_local(tmp_path_factory.mktemp("local") / "runs", local_data)
 
 
 def test_local_run_completes_and_says_where_things_are(local_run):
@@ -120,3 +130,19 @@ def test_sessions_the_synthetic_set_lacks_are_named(tmp_path):
     config = load_config(DEMO_CONFIG, ["dataset.sessions=[t15.2023.08.11, t15.2024.01.01, t15.2023.08.13, x]"])
     with pytest.raises(MissingSessions, match="synthetic data set: t15.2024.01.01, x; pass --data DIR"):
         local.synthetic_data(tmp_path, config)
+
+
+def test_local_run_with_two_cpu_ranks(tmp_path, local_data):
+    code, out, job_dir = run_local(tmp_path / "runs", local_data, "--ranks", "2")
+    assert code == 0, out
+    assert "ranks:       2 on the CPU (torchrun, gloo)" in out and f"{job_dir.name}: Completed" in out
+    assert "data parallel: 2 ranks" in out  # the container entry started torchrun
+    assert (job_dir / "model" / "model.pt").is_file()
+    steps = [r["step"] for r in map(json.loads, (job_dir / "output" / "data" / "metrics.jsonl").read_text().splitlines())
+             if r["kind"] == "train"]
+    assert steps == [0, 1]  # rank 0 alone records
+
+
+def test_local_ranks_must_fit_the_batch(tmp_path, cli):
+    code, _, err = cli("start", "--local", "--dry-run", "--runs-dir", tmp_path, "--ranks", "99")
+    assert code == 2 and "dataset.batch_size: 32 is less than --ranks 99" in err

@@ -104,10 +104,11 @@ def test_spot_without_checkpoints_is_refused(outputs):
         build(outputs, checkpoints=False)
 
 
-def test_one_instance_only(outputs):
+def test_instance_count(outputs):
     assert build(outputs)["ResourceConfig"]["InstanceCount"] == 1
-    with pytest.raises(UsageError, match="^--instance-count: the trainer runs on one instance; use a larger"):
-        build(outputs, instance_count=2)
+    assert build(outputs, instance_count=3)["ResourceConfig"]["InstanceCount"] == 3
+    with pytest.raises(UsageError, match="^--instance-count must be at least 1"):
+        build(outputs, instance_count=0)
 
 
 def test_the_image_is_the_tag_in_the_stacks_repository(outputs):

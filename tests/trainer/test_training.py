@@ -25,7 +25,8 @@ from trainer.metrics import metric_definitions
 from trainer.train import RunPaths, amp_dtype_for, setup_model, train
 from trainer.validation import ValResult
 
-from tests.trainer.trainer_helpers import set_args, tiny_overrides
+from tests.trainer.trainer_helpers import opt_ml as _opt_ml
+from tests.trainer.trainer_helpers import run_until_step, set_args, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,18 +149,12 @@ def _start(args: list[str]) -> subprocess.Popen:
 
 def _run_until(args: list[str], kill_after_step: int, sig: int, delay: float) -> tuple[int, int]:
     """Start training, send ``sig`` once batch ``kill_after_step`` is logged (plus ``delay`` s)."""
+    def act(proc: subprocess.Popen) -> None:
+        time.sleep(delay)
+        proc.send_signal(sig)
+
     proc = _start(args)
-    last = -1
-    for line in proc.stdout:
-        m = re.match(r"METRIC step=(\d+) train_loss", line)
-        if m:
-            last = int(m.group(1))
-            if last >= kill_after_step:
-                time.sleep(delay)
-                proc.send_signal(sig)
-                break
-    proc.stdout.read()  # drain: a closed pipe would turn the trainer's last lines into a BrokenPipeError
-    proc.stdout.close()
+    last = run_until_step(proc, kill_after_step, act)
     return proc.wait(timeout=120), last
 
 
@@ -203,19 +198,6 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tiny_data, tmp_pa
 
 # ---------------------------------------------------------------------------------------
 # The SageMaker container contract
-
-
-def _opt_ml(root: Path, hp: dict, config_text: str) -> Path:
-    (root / "input" / "config").mkdir(parents=True)
-    (root / "input" / "data" / "config").mkdir(parents=True)
-    (root / "input" / "data" / "config" / "train.yaml").write_text(config_text)
-    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hp))
-    (root / "input" / "config" / "resourceconfig.json").write_text(
-        json.dumps({"current_host": "algo-1", "hosts": ["algo-1"], "current_instance_type": "ml.g4dn.xlarge"}))
-    (root / "input" / "config" / "inputdataconfig.json").write_text(json.dumps({"config": {"TrainingInputMode": "File"}}))
-    (root / "input" / "config" / "checkpointconfig.json").write_text(
-        json.dumps({"LocalPath": str(root / "checkpoints"), "S3Uri": "s3://bucket/checkpoints/job"}))
-    return root
 
 
 def test_emulated_opt_ml(tiny_data, tmp_path):

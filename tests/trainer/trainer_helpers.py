@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from trainer.synthetic import SyntheticSpec
@@ -62,3 +63,36 @@ def set_args(overrides: list[str]) -> list[str]:
     for item in overrides:
         out += ["--set", item]
     return out
+
+
+def run_until_step(proc, after_step: int, act) -> int:
+    """Read a trainer's stdout until batch ``after_step`` is logged, then ``act(proc)``; drain the
+    rest (a closed pipe would break the trainer's last lines) and return the last step seen."""
+    import re
+
+    last = -1
+    for line in proc.stdout:
+        m = re.match(r"METRIC step=(\d+) train_loss", line)
+        if m:
+            last = int(m.group(1))
+            if last >= after_step:
+                act(proc)
+                break
+    proc.stdout.read()
+    proc.stdout.close()
+    return last
+
+
+def opt_ml(root: Path, hp: dict, config_text: str, host: str = "algo-1", hosts: tuple[str, ...] = ("algo-1",)) -> Path:
+    """An /opt/ml tree as SageMaker lays it out for ``host`` of ``hosts``, config in channel 'config'."""
+    (root / "input" / "config").mkdir(parents=True)
+    (root / "input" / "data" / "config").mkdir(parents=True)
+    (root / "input" / "data" / "config" / "train.yaml").write_text(config_text)
+    (root / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hp))
+    (root / "input" / "config" / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": host, "hosts": list(hosts), "current_instance_type": "ml.g4dn.xlarge",
+         "network_interface_name": "lo"}))
+    (root / "input" / "config" / "inputdataconfig.json").write_text(json.dumps({"config": {"TrainingInputMode": "File"}}))
+    (root / "input" / "config" / "checkpointconfig.json").write_text(
+        json.dumps({"LocalPath": str(root / "checkpoints"), "S3Uri": "s3://bucket/checkpoints/job"}))
+    return root

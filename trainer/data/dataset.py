@@ -19,7 +19,7 @@ import torch
 
 from .errors import DataError, trial_error
 from .index import FileIndex, FileReader, build_index
-from .sampling import Plan, TrainRule, validation_plan
+from .sampling import Plan, TrainRule, rank_share, validation_plan
 from .storage import ObjectCache, ObjectInfo, Progress, Storage
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,9 @@ class Catalog:
 
     # -- batches
 
-    def batch(self, plan: Plan, split: str) -> dict[str, torch.Tensor]:
+    def batch(self, plan: Plan, split: str, pad_plan: Optional[Plan] = None) -> dict[str, torch.Tensor]:
+        """The batch of ``plan``, padded to its longest trial, or to the longest of ``pad_plan``
+        (a rank's share is padded like the whole global batch, so no rank sees other shapes)."""
         rows = []
         for day, positions in plan:
             trials = self.index(day, split).trials
@@ -149,9 +151,11 @@ class Catalog:
         subset = self.spec.feature_subset
         n_features = len(subset) if subset is not None else self.spec.neural_dim
         n = len(rows)
-        t_max = max(t.n_time_steps for _, _, t, _ in rows)
-        l_max = max(t.seq_len for _, _, t, _ in rows)
-        w_max = max(t.transcription.shape[0] for _, _, t, _ in rows)
+        sizing = [self.index(d, split).trials[p] for d, ps in pad_plan for p in ps] if pad_plan else \
+            [t for _, _, t, _ in rows]
+        t_max = max(t.n_time_steps for t in sizing)
+        l_max = max(t.seq_len for t in sizing)
+        w_max = max(t.transcription.shape[0] for t in sizing)
         out = {
             "input_features": _empty((n, t_max, n_features), torch.float32),
             "seq_class_ids": _empty((n, l_max), torch.int64),
@@ -243,12 +247,15 @@ class _PerProcess:
 
 
 class TrainBatches(_PerProcess, torch.utils.data.Dataset):
-    """Item ``k`` is the whole training batch number ``start + k``."""
+    """Item ``k`` is training batch number ``start + k``: the whole batch, or with
+    ``world_size`` > 1 this rank's share of it."""
 
-    def __init__(self, spec: DataSpec, rule: TrainRule, start: int, stop: int, progress: Optional[Progress] = None):
+    def __init__(self, spec: DataSpec, rule: TrainRule, start: int, stop: int, progress: Optional[Progress] = None,
+                 rank: int = 0, world_size: int = 1):
         _PerProcess.__init__(self, spec)
         self.rule, self.start, self.stop = rule, start, max(start, stop)
         self.progress = progress  # where workers say which batch they are making (the fetcher's pace)
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -262,7 +269,10 @@ class TrainBatches(_PerProcess, torch.utils.data.Dataset):
             raise IndexError(k)
         if self.progress is not None:
             self.progress.started(self.start + k)
-        return self.catalog().batch(self.plan(self.start + k), TRAIN)
+        plan = self.plan(self.start + k)
+        if self.world_size == 1:
+            return self.catalog().batch(plan, TRAIN)
+        return self.catalog().batch(rank_share(plan, self.rank, self.world_size), TRAIN, pad_plan=plan)
 
 
 class ValBatches(_PerProcess, torch.utils.data.Dataset):

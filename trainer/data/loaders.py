@@ -54,11 +54,17 @@ def _validation_days(cfg, spec: DataSpec) -> list[int]:
     return [d for d in range(len(spec.sessions)) if (d, VAL) in spec.files and cfg.dataset.val_probability(d) > 0]
 
 
-def make_loaders(cfg, *, start_batch: int = 0) -> tuple[torch.utils.data.DataLoader, Optional[torch.utils.data.DataLoader]]:
+def make_loaders(
+    cfg, *, start_batch: int = 0, rank: int = 0, world_size: int = 1, prefetch: bool = True, seed: Optional[int] = None
+) -> tuple[torch.utils.data.DataLoader, Optional[torch.utils.data.DataLoader]]:
     """Train loader for batches ``start_batch .. num_training_batches-1`` and the validation loader.
 
     Both yield whole batch dicts (``batch_size=None``). Training batch ``i`` depends only on
-    ``dataset.seed``, ``i`` and the data. The validation loader is None when no session has
+    ``dataset.seed``, ``i`` and the data. With ``world_size`` > 1 the train loader yields
+    rank ``rank``'s share of each global batch of ``dataset.batch_size`` trials; every rank
+    must then pass the same ``seed`` (for ``dataset.seed`` -1). ``prefetch=False``: no
+    :class:`Fetcher` here (one process per host fetches ahead into the cache the others share).
+    The validation loader is None when no session has
     validation data. For remote data a :class:`Fetcher` in this process fetches the objects
     in the order the batches need them (``dataset.storage.prefetch_batches`` batches ahead;
     0 turns it off and each reader fetches what it needs).
@@ -67,22 +73,22 @@ def make_loaders(cfg, *, start_batch: int = 0) -> tuple[torch.utils.data.DataLoa
         raise ValueError(f"start_batch must be >= 0, got {start_batch}")
     ds = cfg.dataset
     spec = build_spec(cfg)
-    seed = ds.seed
+    seed = ds.seed if seed is None else seed
     if seed < 0:  # the reference's "random"; fixed here so every worker agrees
         seed = secrets.randbits(31)
         log.info("dataset.seed is %d: drawing batches with seed %d", ds.seed, seed)
     rule = TrainRule.create(seed, len(spec.sessions), ds.days_per_batch, ds.batch_size, ds.must_include_days)
     fetcher = None
-    if spec.remote:
+    if spec.remote and prefetch:  # the host's fetching process tidies the shared cache
         cache = ObjectCache(spec.storage)
         freed = cache.forget_replaced(spec.files.values())
         if freed:
             log.info("cache: removed %.0f MB of replaced object versions", freed / 2**20)
     progress = Progress(spec.storage.disk_dir) if spec.remote and ds.storage.prefetch_batches > 0 else None
-    train = TrainBatches(spec, rule, start_batch, cfg.num_training_batches, progress)
+    train = TrainBatches(spec, rule, start_batch, cfg.num_training_batches, progress, rank, world_size)
     val_days = _validation_days(cfg, spec)
     val = ValBatches(spec, val_days, ds.batch_size, progress) if val_days else None
-    if progress is not None:
+    if progress is not None and prefetch:
         schedule = need_order(spec, rule, start_batch, cfg.num_training_batches, val_days,
                               _first_validation(cfg, start_batch))
         fetcher = Fetcher(Catalog(spec), schedule, progress, start_batch, ds.storage.prefetch_batches).start()

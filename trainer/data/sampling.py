@@ -11,6 +11,10 @@ seed, its number and the data, so a run resumed at batch ``i`` sees exactly the 
 uninterrupted run would, and the sessions of any future batch are known without reading
 any data (they are drawn first), which is what the prefetcher uses.
 
+Data-parallel training (torchrun): ``batch_size`` stays the global batch; rank ``r`` of
+``W`` trains on its contiguous share of each global batch (:func:`rank_share`), so the
+day-grouped layout, and which trials make up batch ``i``, do not depend on ``W``.
+
 Validation (reference ``create_batch_index_test``): every trial once, session by session,
 in batches of up to ``batch_size`` from one session each.
 """
@@ -73,6 +77,20 @@ class TrainRule:
 
     def _rng(self, batch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, batch])
+
+
+def rank_share(plan: Plan, rank: int, world_size: int) -> Plan:
+    """Rank ``rank``'s part of a global batch: trials ``[rank*B//W, (rank+1)*B//W)`` in batch
+    order (shares differ by at most one trial), still grouped by day."""
+    flat = [(day, p) for day, positions in plan for p in positions]
+    lo, hi = rank * len(flat) // world_size, (rank + 1) * len(flat) // world_size
+    share: Plan = []
+    for day, p in flat[lo:hi]:
+        if share and share[-1][0] == day:
+            share[-1][1].append(p)
+        else:
+            share.append((day, [p]))
+    return share
 
 
 def validation_plan(trials_per_day: Sequence[tuple[int, Sequence[int]]], batch_size: int) -> list[Plan]:

@@ -129,7 +129,12 @@ def memory_tier_dir(disk_dir: str) -> Optional[str]:
     """This process's memory tier for the cache at ``disk_dir``: a directory on /dev/shm,
     created on first use and removed when this process exits (the disk tier is what
     persists); those of processes that died without removing theirs (SIGKILL) are removed
-    here. None without a writable /dev/shm."""
+    here. None without a writable /dev/shm.
+
+    Under torchrun the ranks of a host share one directory, named after their common parent
+    (torchrun's agent) and removed by local rank 0, so each object is fetched once per host."""
+    from ..distributed import host_group_pid, local_rank_zero
+
     key = (os.getpid(), disk_dir)
     if key in _owned:
         return _owned[key]
@@ -137,8 +142,9 @@ def memory_tier_dir(disk_dir: str) -> Optional[str]:
     if os.path.isdir(SHM_ROOT) and os.access(SHM_ROOT, os.W_OK):
         _remove_orphaned_memory_dirs()
         tag = hashlib.sha1(disk_dir.encode()).hexdigest()[:8]
-        path = os.path.join(SHM_ROOT, f"{_MEMORY_DIR_PREFIX}{os.getpid()}-{tag}")
-        atexit.register(_remove_memory_dir, path, os.getpid())
+        path = os.path.join(SHM_ROOT, f"{_MEMORY_DIR_PREFIX}{host_group_pid()}-{tag}")
+        if local_rank_zero():
+            atexit.register(_remove_memory_dir, path, os.getpid())
     _owned[key] = path
     return path
 
