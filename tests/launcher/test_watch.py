@@ -41,8 +41,11 @@ def metric_lines() -> list[str]:
 
 @pytest.fixture
 def submit(deployed, cli):
+    names = iter(range(1, 100))
+
     def run(*extra: str) -> str:
-        code, out, err = cli("start", "--config", DEMO_CONFIG, "-y", *extra)
+        # Own names: two default names made in the same second would collide (names are never reused).
+        code, out, err = cli("start", "--config", DEMO_CONFIG, "-y", "--job-name", f"watch-{next(names)}", *extra)
         assert code == 0, err
         return next(line.split()[1] for line in out.splitlines() if line.startswith("submitted "))
 
