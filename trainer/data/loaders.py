@@ -17,6 +17,7 @@ from .dataset import FILE_NAMES, TRAIN, VAL, Catalog, DataSpec, TrainBatches, Va
 from .errors import DataError
 from .sampling import TrainRule
 from .storage import ObjectCache, ObjectInfo, Progress, Storage, list_objects
+from . import transport
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,9 @@ def make_loaders(cfg, *, start_batch: int = 0) -> tuple[torch.utils.data.DataLoa
         schedule = need_order(spec, rule, start_batch, cfg.num_training_batches, val_days,
                               _first_validation(cfg, start_batch))
         fetcher = Fetcher(Catalog(spec), schedule, progress, start_batch, ds.storage.prefetch_batches).start()
-    workers = ds.num_dataloader_workers
-    options = dict(batch_size=None, shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available())
+    way = choose_transport(cfg, spec, loaders=2 if val is not None else 1)
+    log.info("%s", way.describe())
+    options = dict(batch_size=None, shuffle=False, pin_memory=torch.cuda.is_available(), **way.loader_options())
     train_loader = torch.utils.data.DataLoader(train, **options)
     val_loader = torch.utils.data.DataLoader(val, **options) if val is not None else None
     if fetcher is not None:
@@ -112,6 +114,33 @@ def need_order(spec: DataSpec, rule: TrainRule, start: int, stop: int, val_days:
     after the first validation step (they are read once that batch is done)."""
     order: list[tuple[int, tuple[int, str]]] = []
     seen: set[int] = set()
+
+
+def choose_transport(cfg, spec: DataSpec, *, loaders: int) -> transport.Transport:
+    """How batches reach this process: through /dev/shm when the batches in flight fit there,
+    else pickled through the workers' pipes (trainer/data/transport.py)."""
+    catalog = Catalog(spec)  # the indexes: manifests cached by check_data, or metadata read in place
+    trials = [t for key in spec.files for t in catalog.index(*key).trials]
+    n_features = len(spec.feature_subset) if spec.feature_subset is not None else spec.neural_dim
+    one = transport.batch_bytes(cfg.dataset.batch_size, max((t.n_time_steps for t in trials), default=0), n_features,
+                                max((t.seq_len for t in trials), default=0),
+                                max((t.transcription.shape[0] for t in trials), default=0))
+    return transport.choose(cfg.dataset.num_dataloader_workers, one, loaders=loaders,
+                            free=transport.shm_free(), reserved=_memory_tier_claim(spec))
+
+
+def _memory_tier_claim(spec: DataSpec) -> int:
+    """What the data cache's memory tier (on /dev/shm) may still take: its budget less what it holds."""
+    st = spec.storage
+    if not spec.remote or not st.memory_dir:
+        return 0
+    try:
+        held = sum(e.stat().st_size for e in os.scandir(st.memory_dir) if e.is_file())
+    except FileNotFoundError:
+        held = 0
+    return max(0, st.memory_bytes - held)
+
+
     for i in range(start, stop):
         for d in rule.days(i):
             if d not in seen:

@@ -1,0 +1,96 @@
+"""Build the training image on a machine without Docker Hub: a stand-in base, a wheelhouse, the Dockerfile.
+
+- Base: ``tools/standin-base`` (Debian's packages through debootstrap, then ``docker import``;
+  cached per machine under a tag that hashes its recipe).
+- Wheels: ``pip download`` on the host, with the host's own pip configuration (its indexes,
+  certificates and local wheel folders; pip inside a container sees none of it), of the
+  project's runtime dependencies under ``constraints.txt``; cached outside the repository,
+  keyed by the hash of ``pyproject.toml`` and ``constraints.txt``.
+- Image: ``docker build --build-arg BASE_IMAGE=<stand-in>`` with pip pointed at the wheelhouse,
+  served on 127.0.0.1 for the duration of the build (the build runs with host networking).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import http.server
+import logging
+import os
+import subprocess
+import sys
+import threading
+import tomllib
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("B2T_CACHE_DIR") or Path.home() / ".cache" / "b2t-sagemaker")
+# setuptools builds the project inside the image (pyproject's build-system); pip needs it offline too.
+BUILD_REQUIREMENTS = ("setuptools>=77",)
+
+
+def runtime_requirements() -> list[str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return list(project["project"]["dependencies"]) + list(BUILD_REQUIREMENTS)
+
+
+def standin_base() -> str:
+    """The stand-in base image's name (built once per machine)."""
+    proc = subprocess.run([str(REPO / "tools" / "standin-base")], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"tools/standin-base failed: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def wheelhouse() -> Path:
+    """A folder of wheels for everything the image installs, made with the host's pip config."""
+    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes() + (REPO / "constraints.txt").read_bytes()
+                         + "\n".join(BUILD_REQUIREMENTS).encode()).hexdigest()[:12]
+    out = CACHE / f"wheelhouse-{key}"
+    if (out / ".complete").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:",
+           "-c", str(REPO / "constraints.txt"), "-d", str(out), *runtime_requirements()]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pip download failed: {proc.stderr.strip()[-2000:]}")
+    (out / ".complete").write_text("")
+    return out
+
+
+@contextlib.contextmanager
+def served(folder: Path) -> Iterator[str]:
+    """``folder`` as a pip find-links page on 127.0.0.1, for as long as the block runs."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # one line per wheel is noise in the build log
+        pass
+
+
+def build_image(tag: str, base: str, wheels: Path) -> None:
+    """``docker build`` of the project's Dockerfile on ``base``, installing only from ``wheels``."""
+    with served(wheels) as url:
+        cmd = ["docker", "build", "--network", "host", "-t", tag,
+               "--build-arg", f"BASE_IMAGE={base}",
+               "--build-arg", "PIP_NO_INDEX=1",
+               "--build-arg", f"PIP_FIND_LINKS={url}",
+               str(REPO)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"docker build failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    log.info("built %s on %s", tag, base)
