@@ -38,8 +38,18 @@ def runtime_requirements() -> list[str]:
     return list(project["project"]["dependencies"]) + list(BUILD_REQUIREMENTS)
 
 
+class NoBase(RuntimeError):
+    """This machine cannot build the stand-in base (no debootstrap, not root)."""
+
+
 def standin_base() -> str:
     """The stand-in base image's name (built once per machine)."""
+    import shutil
+
+    if shutil.which("debootstrap") is None and shutil.which("debootstrap", path="/usr/sbin:/sbin") is None:
+        raise NoBase("no debootstrap to build a stand-in base (apt-get install debootstrap, or set B2T_BASE_IMAGE)")
+    if os.geteuid() != 0:
+        raise NoBase("building the stand-in base (debootstrap) needs root; or set B2T_BASE_IMAGE")
     proc = subprocess.run([str(REPO / "tools" / "standin-base")], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"tools/standin-base failed: {proc.stderr.strip()[-2000:]}")

@@ -11,6 +11,7 @@ from launcher.errors import MissingSessions
 from trainer.config import DEMO_CONFIG, load_config
 
 TINY = [
+    "--process",
     "--num-training-batches", "2",
     "--set", "model.n_units=16", "--set", "model.n_layers=1",
     "--set", "batches_per_train_log=1", "--set", "batches_per_val_step=1",
