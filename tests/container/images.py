@@ -75,9 +75,15 @@ def wheelhouse() -> Path:
 
 @contextlib.contextmanager
 def served(folder: Path) -> Iterator[str]:
-    """``folder`` as a pip find-links page on 127.0.0.1, for as long as the block runs."""
+    """``folder`` as a pip find-links page on 127.0.0.1, for as long as the block runs. The port is
+    derived from the folder's name where it is free, so the URL (a build argument, hence part of
+    docker's cache key for the install layer) stays the same from one build to the next."""
     handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    preferred = 20000 + int(hashlib.sha256(folder.name.encode()).hexdigest(), 16) % 20000
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", preferred), handler)
+    except OSError:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -92,10 +98,31 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def build_image(tag: str, base: str, wheels: Path) -> None:
-    """``docker build`` of the project's Dockerfile on ``base``, installing only from ``wheels``."""
+INPUTS_LABEL = "b2t.build-inputs"
+
+
+def build_inputs(base: str, wheels: Path) -> str:
+    """A hash of everything the image is built from: the base, the wheels, and the build context."""
+    h = hashlib.sha256(f"{base}\n{wheels.name}\n".encode())
+    files = [REPO / "Dockerfile", REPO / ".dockerignore", REPO / "pyproject.toml", REPO / "README.md",
+             REPO / "constraints.txt", *sorted(p for p in (REPO / "trainer").rglob("*")
+                                             if p.is_file() and "__pycache__" not in p.parts)]
+    for path in files:
+        h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def build_image(tag: str, base: str, wheels: Path) -> bool:
+    """``docker build`` of the project's Dockerfile on ``base``, installing only from ``wheels``;
+    skipped (False) when ``tag`` was already built from the very same inputs."""
+    inputs = build_inputs(base, wheels)
+    found = subprocess.run(["docker", "image", "inspect", "--format", f'{{{{index .Config.Labels "{INPUTS_LABEL}"}}}}',
+                            tag], capture_output=True, text=True)
+    if found.returncode == 0 and found.stdout.strip() == inputs:
+        log.info("%s is up to date (%s)", tag, inputs)
+        return False
     with served(wheels) as url:
-        cmd = ["docker", "build", "--network", "host", "-t", tag,
+        cmd = ["docker", "build", "--network", "host", "-t", tag, "--label", f"{INPUTS_LABEL}={inputs}",
                "--build-arg", f"BASE_IMAGE={base}",
                "--build-arg", "PIP_NO_INDEX=1",
                "--build-arg", f"PIP_FIND_LINKS={url}",
@@ -104,3 +131,4 @@ def build_image(tag: str, base: str, wheels: Path) -> None:
     if proc.returncode != 0:
         raise RuntimeError(f"docker build failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
     log.info("built %s on %s", tag, base)
+    return True

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.timeout(1800)  # the first test also builds the image (minutes on 2 cores)
+
 from tests.container.conftest import docker_run, docker_start
 from tests.trainer.trainer_helpers import TINY_SPEC, tiny_overrides
 from trainer.synthetic import SyntheticSpec, generate
@@ -46,30 +48,33 @@ def one_line(text: str | None) -> str:
     return text.strip()
 
 
-def test_the_demo_config_trains_in_the_image(image, make_job, tmp_path):
-    from launcher.local import synthetic_data
-    from trainer.config import DEMO_CONFIG, load_config
+def test_start_local_trains_the_demo_config_in_the_image(image, tmp_path, capsys):
+    """`python -m launcher start --local -y` where Docker answers: the launcher's request laid out as
+    /opt/ml, `docker run IMAGE train`, the demo config trained, its outputs and metrics."""
+    from launcher.cli import main
 
-    job = make_job(synthetic_data(tmp_path, load_config(DEMO_CONFIG)))
-    config = job.dir / "input" / "config"
+    code = main(["start", "--local", "-y", "--image", image, "--runs-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert f"runs in:     the image {image} (docker) - Docker answers" in out
+    (job_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("b2t-demo-")]
+    request = json.loads((job_dir / "request.json").read_text())
+    config = job_dir / "input" / "config"
     hp = json.loads((config / "hyperparameters.json").read_text())
-    assert hp == job.request["HyperParameters"] and all(isinstance(v, str) for v in hp.values())
+    assert hp == request["HyperParameters"] and all(isinstance(v, str) for v in hp.values())
     assert json.loads((config / "resourceconfig.json").read_text())["hosts"] == ["algo-1"]
     assert json.loads((config / "checkpointconfig.json").read_text())["LocalPath"] == "/opt/ml/checkpoints"
-    assert (job.dir / "input" / "data" / "config" / "demo.yaml").is_file()
-
-    proc = docker_run(image, job)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert job.failure is None
-    assert sorted(p.name for p in (job.dir / "model").iterdir()) >= ["config.yaml", "model.pt", "sessions.json"]
-    assert (job.dir / "output" / "data" / "metrics.jsonl").stat().st_size > 0
-    assert any((job.dir / "checkpoints").iterdir())
-    # the request's MetricDefinitions match what the container prints, each one
-    lines = proc.stdout.splitlines()
-    for d in job.request["AlgorithmSpecification"]["MetricDefinitions"]:
+    assert (job_dir / "input" / "data" / "config" / "demo.yaml").is_file()
+    assert not (job_dir / "output" / "failure").exists() and f"{job_dir.name}: Completed" in out
+    assert {"config.yaml", "model.pt", "sessions.json"} <= {p.name for p in (job_dir / "model").iterdir()}
+    assert (job_dir / "output" / "data" / "metrics.jsonl").stat().st_size > 0
+    assert any((job_dir / "checkpoints").glob("*.pt"))  # copied out of the container after the run
+    # the request's MetricDefinitions match what the container printed, each one
+    lines = (job_dir / "train.log").read_text().splitlines()
+    for d in request["AlgorithmSpecification"]["MetricDefinitions"]:
         assert any(re.search(d["Regex"], line) for line in lines), d["Name"]
-    assert "S3 region us-east-1" in proc.stdout  # from the request's Environment, the only place a job has it
-    per = float(re.findall(r"best val PER (\S+),", proc.stdout)[-1])
+    assert any("S3 region us-east-1" in line for line in lines)  # from the request's Environment
+    per = float(re.findall(r"best val PER (\S+),", "\n".join(lines))[-1])
     assert per < 0.5
 
 
@@ -131,7 +136,7 @@ def test_a_bad_invocation_leaves_one_line(image, make_job, tiny):
 
 
 def test_docker_stop_saves_a_checkpoint_and_a_rerun_resumes_bit_identical(image, make_job, tiny):
-    n = 40
+    n = 300  # long enough that the stop lands mid-run
     extra = dict(num_training_batches=n, lr_decay_steps=n, lr_decay_steps_day=n, batches_per_save=1000,
                  batches_per_val_step=1000, save_final_model="true")
     straight, stopped = tiny_job(make_job, tiny, **extra), tiny_job(make_job, tiny, **extra)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from launcher.errors import MissingSessions
+from launcher.errors import MissingSessions, UsageError
 from trainer.config import DEMO_CONFIG, load_config
 
 TINY = [
@@ -121,3 +121,18 @@ def test_sessions_the_synthetic_set_lacks_are_named(tmp_path):
     config = load_config(DEMO_CONFIG, ["dataset.sessions=[t15.2023.08.11, t15.2024.01.01, t15.2023.08.13, x]"])
     with pytest.raises(MissingSessions, match="synthetic data set: t15.2024.01.01, x; pass --data DIR"):
         local.synthetic_data(tmp_path, config)
+
+
+def test_without_docker_it_runs_as_a_process_and_says_why(tmp_path, monkeypatch, capsys):
+    from launcher import local
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-daemon.sock")
+    assert local.pick_runtime(local.AUTO, local.LOCAL_IMAGE)[0] == local.PROCESS
+    why = local.pick_runtime(local.AUTO, local.LOCAL_IMAGE)[1]
+    assert why.startswith("no Docker daemon answers") and why.endswith("running the trainer as a process instead")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no docker command at all
+    assert local.pick_runtime(local.AUTO, local.LOCAL_IMAGE) == (
+        local.PROCESS, "no docker command: running the trainer as a process instead")
+    with pytest.raises(UsageError, match="^--docker: no docker command$"):
+        local.pick_runtime(local.DOCKER, local.LOCAL_IMAGE)
+    assert local.pick_runtime(local.PROCESS, local.LOCAL_IMAGE) == (local.PROCESS, "--process")
