@@ -92,14 +92,20 @@ def docker_command(image: str, job: Job, *, args: tuple[str, ...] = ("train",), 
     from launcher.local import docker_run_command
 
     (job.dir / "checkpoints").mkdir(exist_ok=True)
+    if os.environ.get("OMP_NUM_THREADS"):  # a shared machine's test run: torch's threads spin when cores are busy
+        extra = ("-e", f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}", *extra)
     return docker_run_command(image, job.dir, job.env, name=job.name, checkpoints=job.dir / "checkpoints",
                               args=args, extra=extra)
 
 
 def docker_run(image: str, job: Job, **kw) -> subprocess.CompletedProcess:
     """Run the container to its end; stdout and stderr together in ``.stdout``, also kept in ``train.log``."""
-    proc = subprocess.run(docker_command(image, job, **kw), env={**os.environ, **job.env}, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=RUN_TIMEOUT_S)
+    try:
+        proc = subprocess.run(docker_command(image, job, **kw), env={**os.environ, **job.env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["docker", "kill", job.name], capture_output=True)  # not left running after the test
+        raise
     (job.dir / "train.log").write_text(proc.stdout)
     return proc
 

@@ -48,36 +48,6 @@ def one_line(text: str | None) -> str:
     return text.strip()
 
 
-def test_start_local_trains_the_demo_config_in_the_image(image, tmp_path, capsys):
-    """`python -m launcher start --local -y` where Docker answers: the launcher's request laid out as
-    /opt/ml, `docker run IMAGE train`, the demo config trained, its outputs and metrics."""
-    from launcher.cli import main
-
-    code = main(["start", "--local", "-y", "--image", image, "--runs-dir", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert code == 0, out[-3000:]
-    assert f"runs in:     the image {image} (docker) - Docker answers" in out
-    (job_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("b2t-demo-")]
-    request = json.loads((job_dir / "request.json").read_text())
-    config = job_dir / "input" / "config"
-    hp = json.loads((config / "hyperparameters.json").read_text())
-    assert hp == request["HyperParameters"] and all(isinstance(v, str) for v in hp.values())
-    assert json.loads((config / "resourceconfig.json").read_text())["hosts"] == ["algo-1"]
-    assert json.loads((config / "checkpointconfig.json").read_text())["LocalPath"] == "/opt/ml/checkpoints"
-    assert (job_dir / "input" / "data" / "config" / "demo.yaml").is_file()
-    assert not (job_dir / "output" / "failure").exists() and f"{job_dir.name}: Completed" in out
-    assert {"config.yaml", "model.pt", "sessions.json"} <= {p.name for p in (job_dir / "model").iterdir()}
-    assert (job_dir / "output" / "data" / "metrics.jsonl").stat().st_size > 0
-    assert any((job_dir / "checkpoints").glob("*.pt"))  # copied out of the container after the run
-    # the request's MetricDefinitions match what the container printed, each one
-    lines = (job_dir / "train.log").read_text().splitlines()
-    for d in request["AlgorithmSpecification"]["MetricDefinitions"]:
-        assert any(re.search(d["Regex"], line) for line in lines), d["Name"]
-    assert any("S3 region us-east-1" in line for line in lines)  # from the request's Environment
-    per = float(re.findall(r"best val PER (\S+),", "\n".join(lines))[-1])
-    assert per < 0.5
-
-
 @pytest.mark.parametrize("args,entrypoint", [
     (("train",), ()),  # SageMaker's default: `docker run IMAGE train`
     ((), ()),  # no argument
@@ -177,3 +147,33 @@ def test_full_size_batches_of_long_trials_with_dockers_64mb_shm(image, make_job,
     m = re.search(r"batches travel by (\S+) \(2 workers; a batch up to (\d+) MB", proc.stdout)
     assert m and m.group(1) == "pipe" and int(m.group(2)) > 64, proc.stdout[-3000:]
     assert "METRIC step=2 " in proc.stdout and time.monotonic() - started < 600
+
+
+def test_start_local_trains_the_demo_config_in_the_image(image, tmp_path, capsys):
+    """`python -m launcher start --local -y` where Docker answers: the launcher's request laid out as
+    /opt/ml, `docker run IMAGE train`, the demo config trained, its outputs and metrics."""
+    from launcher.cli import main
+
+    code = main(["start", "--local", "-y", "--image", image, "--runs-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert f"runs in:     the image {image} (docker) - Docker answers" in out
+    (job_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("b2t-demo-")]
+    request = json.loads((job_dir / "request.json").read_text())
+    config = job_dir / "input" / "config"
+    hp = json.loads((config / "hyperparameters.json").read_text())
+    assert hp == request["HyperParameters"] and all(isinstance(v, str) for v in hp.values())
+    assert json.loads((config / "resourceconfig.json").read_text())["hosts"] == ["algo-1"]
+    assert json.loads((config / "checkpointconfig.json").read_text())["LocalPath"] == "/opt/ml/checkpoints"
+    assert (job_dir / "input" / "data" / "config" / "demo.yaml").is_file()
+    assert not (job_dir / "output" / "failure").exists() and f"{job_dir.name}: Completed" in out
+    assert {"config.yaml", "model.pt", "sessions.json"} <= {p.name for p in (job_dir / "model").iterdir()}
+    assert (job_dir / "output" / "data" / "metrics.jsonl").stat().st_size > 0
+    assert any((job_dir / "checkpoints").glob("*.pt"))  # copied out of the container after the run
+    # the request's MetricDefinitions match what the container printed, each one
+    lines = (job_dir / "train.log").read_text().splitlines()
+    for d in request["AlgorithmSpecification"]["MetricDefinitions"]:
+        assert any(re.search(d["Regex"], line) for line in lines), d["Name"]
+    assert any("S3 region us-east-1" in line for line in lines)  # from the request's Environment
+    per = float(re.findall(r"best val PER (\S+),", "\n".join(lines))[-1])
+    assert per < 0.5
