@@ -24,7 +24,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/b2t
 
 # Dependencies first (a layer that survives code edits), every one at its constraints.txt pin.
-COPY pyproject.toml README.md constraints.txt ./
+COPY pyproject.toml constraints.txt ./
 # (The project's dependencies and its plot and tensorboard extras; tests/container/images.py reads the same.)
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['plot'] + p['optional-dependencies']['tensorboard']))" \
@@ -33,7 +33,8 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['plot'] + p['opti
     && python -c "import re, torch; pin = re.search(r'^torch==(\S+)', open('constraints.txt').read(), re.M).group(1); \
 v = torch.__version__.split('+')[0]; assert v == pin, f'torch {v} in the image, constraints.txt pins {pin}'; print('torch', torch.__version__)"
 
-# The code. infra/ and launcher/ stay out (.dockerignore).
+# The code (README.md is the package's long description). infra/ and launcher/ stay out (.dockerignore).
+COPY README.md ./
 COPY trainer/ trainer/
 RUN pip install --no-deps . && python -c "import trainer.environment"
 

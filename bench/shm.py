@@ -4,11 +4,13 @@ The same loaders (batch 64 from 4 sessions, trials of ~1,100-1,500 bins with 512
 features, so one batch is ~190 MB; 2 DataLoader workers; data on local disk) run in child
 processes that each see their own /dev/shm: a fresh tmpfs mounted in a private mount namespace
 (``unshare``; as root, else in a user namespace), 64 MB for one and 8 GB for the other. With
-64 MB the loaders send batches through the workers' pipes; with 8 GB through shared memory
+64 MB the loaders pass batches in memfds (or, without
+memfd_create, through the workers' pipes); with 8 GB through /dev/shm
 (trainer/data/transport.py logs which). Children alternate, several rounds, so load from other
 processes on the machine affects both alike; batches/s is the total over the rounds.
 
 Last line: ``shm64_over_large=… batches_per_s_64mb=… batches_per_s_large=… transport_64mb=… transport_large=…``
+(goal: shm64_over_large >= 0.9)
 
     python bench/shm.py              # ~3 min on 2 cores
     python bench/shm.py --rounds 1 --batches 4

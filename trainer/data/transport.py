@@ -7,10 +7,13 @@ t15 batch (64 trials × up to ~1,300 bins × 512 float32) is ~170 MB. So, when t
 - ``shared-memory``: the batches in flight (every worker's prefetched batches for the train and
   the validation loader, plus the ones the training loop holds) fit in what ``/dev/shm`` has
   free, after what the data cache's memory tier may still claim there. Fastest: no copy.
-- ``pipe``: they do not fit. Workers build each batch in ordinary memory and send it pickled
-  through their result pipe; the main process turns the arrays back into tensors without a
-  copy. Nothing of the batch touches ``/dev/shm``; the cost is one copy per batch each way
-  (``bench/shm.py`` measures it).
+- ``memfd``: they do not fit. Workers build each batch in anonymous shared memory
+  (``memfd_create``: the same kind of pages, but not on the ``/dev/shm`` mount, so not bound by
+  its size; charged to the container's memory like any other) and pass the file descriptor to
+  the main process, which maps it: no copy, as with ``/dev/shm``.
+- ``pipe``: the same, where ``memfd_create`` is missing (not Linux): workers build each batch in
+  ordinary memory and send it pickled through their result pipe; several copies per batch
+  (``bench/shm.py`` measures both).
 - ``main-process``: ``num_dataloader_workers`` is 0; batches are built where they are used.
 
 The choice and its figures are logged.
@@ -19,6 +22,7 @@ The choice and its figures are logged.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -29,7 +33,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SHM = "/dev/shm"
-SHARED, PIPE, MAIN = "shared-memory", "pipe", "main-process"
+SHARED, MEMFD, PIPE, MAIN = "shared-memory", "memfd", "pipe", "main-process"
 PREFETCH_FACTOR = 2  # DataLoader's default: batches each worker keeps ready
 HELD_BY_LOOP = 2  # batches the training loop may still hold (the current one, a validation batch)
 MB = 2**20
@@ -50,6 +54,9 @@ class Transport:
 
     def loader_options(self) -> dict[str, Any]:
         """Keyword arguments for ``torch.utils.data.DataLoader``."""
+        if self.mode == MEMFD:
+            return dict(num_workers=self.workers, worker_init_fn=_memfd_worker, collate_fn=by_memfd,
+                        prefetch_factor=PREFETCH_FACTOR)
         if self.mode == PIPE:
             return dict(num_workers=self.workers, worker_init_fn=_pipe_worker, collate_fn=by_value,
                         prefetch_factor=PREFETCH_FACTOR)
@@ -81,8 +88,21 @@ def choose(workers: int, one_batch: int, *, loaders: int = 2, free: Optional[int
     available = None if free is None else max(0, free - reserved)
     if workers == 0:
         return Transport(MAIN, 0, one_batch, 0, available)
-    mode = SHARED if available is not None and needed <= available else PIPE
+    if available is not None and needed <= available:
+        mode = SHARED
+    else:
+        mode = MEMFD if memfd_works() else PIPE
     return Transport(mode, workers, one_batch, needed, available)
+
+
+def memfd_works() -> bool:
+    if not hasattr(os, "memfd_create"):
+        return False
+    try:
+        os.close(os.memfd_create("b2t-probe", os.MFD_CLOEXEC))
+    except OSError:  # seccomp or an old kernel
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------
@@ -116,4 +136,84 @@ def by_value(batch: Any) -> Any:
 def _pipe_worker(_worker_id: int) -> None:
     from . import dataset
 
-    dataset.SHARED_BATCHES_IN_WORKERS = False  # build batches in ordinary memory (see dataset._empty)
+    dataset.WORKER_ALLOCATOR = _ordinary  # build batches in ordinary memory (see dataset._empty)
+
+
+def _ordinary(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# memfd mode
+
+
+_memfds: dict[int, int] = {}  # data_ptr of a batch tensor built in a memfd -> its file descriptor
+
+
+def _memfd_worker(_worker_id: int) -> None:
+    from . import dataset
+
+    dataset.WORKER_ALLOCATOR = memfd_empty
+
+
+def memfd_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor in a fresh memfd (its descriptor kept for :func:`by_memfd`)."""
+    import mmap
+
+    count = math.prod(shape)
+    nbytes = max(1, count * torch.empty(0, dtype=dtype).element_size())
+    fd = os.memfd_create("b2t-batch", os.MFD_CLOEXEC)
+    os.ftruncate(fd, nbytes)
+    region = mmap.mmap(fd, nbytes)
+    tensor = torch.frombuffer(region, dtype=dtype, count=count).view(shape) if count else torch.empty(shape, dtype=dtype)
+    if count:
+        _memfds[tensor.data_ptr()] = fd
+    else:
+        os.close(fd)
+    return tensor
+
+
+class ByMemfd:
+    """A tensor built in a memfd: pickles as a duplicate of its descriptor (sent over a Unix
+    socket by multiprocessing's resource sharer, as PyTorch's own file_descriptor strategy
+    does), and unpickles as a tensor over a mapping of the same pages."""
+
+    __slots__ = ("tensor", "fd")
+
+    def __init__(self, tensor: torch.Tensor, fd: int):
+        self.tensor, self.fd = tensor, fd
+
+    def __reduce__(self):
+        from multiprocessing import reduction
+
+        return _from_memfd, (reduction.DupFd(self.fd), str(self.tensor.dtype).removeprefix("torch."),
+                             tuple(self.tensor.shape))
+
+    def __del__(self):
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def _from_memfd(dup, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    import mmap
+
+    fd = dup.detach()
+    try:
+        count = math.prod(shape)
+        tensor_dtype = getattr(torch, dtype)
+        region = mmap.mmap(fd, count * torch.empty(0, dtype=tensor_dtype).element_size())
+    finally:
+        os.close(fd)
+    return torch.frombuffer(region, dtype=tensor_dtype, count=count).view(shape)
+
+
+def by_memfd(batch: Any) -> Any:
+    """DataLoader ``collate_fn`` in memfd mode (runs in the worker)."""
+    if isinstance(batch, torch.Tensor):
+        fd = _memfds.pop(batch.data_ptr(), None)
+        return ByMemfd(batch, fd) if fd is not None else ByValue(batch)
+    if isinstance(batch, dict):
+        return {k: by_memfd(v) for k, v in batch.items()}
+    return by_value(batch)
