@@ -145,7 +145,7 @@ def test_full_size_batches_of_long_trials_with_dockers_64mb_shm(image, make_job,
                            "--output=size", "/dev/shm"], capture_output=True, text=True).stdout.split()[-1]
     assert int(size) == 64 * 2**20  # Docker's default: nothing raised it
     m = re.search(r"batches travel by (\S+) \(2 workers; a batch up to (\d+) MB", proc.stdout)
-    assert m and m.group(1) == "pipe" and int(m.group(2)) > 64, proc.stdout[-3000:]
+    assert m and m.group(1) == "memfd" and int(m.group(2)) > 64, proc.stdout[-3000:]
     assert "METRIC step=2 " in proc.stdout and time.monotonic() - started < 600
 
 
