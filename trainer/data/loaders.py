@@ -117,16 +117,23 @@ def need_order(spec: DataSpec, rule: TrainRule, start: int, stop: int, val_days:
 
 
 def choose_transport(cfg, spec: DataSpec, *, loaders: int) -> transport.Transport:
-    """How batches reach this process: through /dev/shm when the batches in flight fit there,
-    else pickled through the workers' pipes (trainer/data/transport.py)."""
-    catalog = Catalog(spec)  # the indexes: manifests cached by check_data, or metadata read in place
-    trials = [t for key in spec.files for t in catalog.index(*key).trials]
+    """How batches reach this process: through /dev/shm when the batches in flight fit there, else
+    in memfds (or the workers' pipes); also when the bound is unknown (trainer/data/transport.py)."""
+    catalog = Catalog(spec)
+    workers, free = cfg.dataset.num_dataloader_workers, transport.shm_free()
+    # The bound needs every file's index: local files' metadata, remote files' cached manifests
+    # (check_data leaves them); never fetch objects here, before the loaders stream them.
+    if any(not o.local and not os.path.exists(catalog.cache.manifest_path(o)) for o in spec.files.values()):
+        return transport.choose(workers, None, loaders=loaders, free=free)
+    try:
+        trials = [t for key in spec.files for t in catalog.index(*key).trials]
+    except DataError:  # the reader that needs the broken file reports it, naming the trial
+        return transport.choose(workers, None, loaders=loaders, free=free)
     n_features = len(spec.feature_subset) if spec.feature_subset is not None else spec.neural_dim
     one = transport.batch_bytes(cfg.dataset.batch_size, max((t.n_time_steps for t in trials), default=0), n_features,
                                 max((t.seq_len for t in trials), default=0),
                                 max((t.transcription.shape[0] for t in trials), default=0))
-    return transport.choose(cfg.dataset.num_dataloader_workers, one, loaders=loaders,
-                            free=transport.shm_free(), reserved=_memory_tier_claim(spec))
+    return transport.choose(workers, one, loaders=loaders, free=free, reserved=_memory_tier_claim(spec))
 
 
 def _memory_tier_claim(spec: DataSpec) -> int:

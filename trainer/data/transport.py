@@ -49,8 +49,9 @@ class Transport:
 
     def describe(self) -> str:
         shm = "no /dev/shm" if self.shm_bytes is None else f"{self.shm_bytes / MB:.0f} MB of /dev/shm free for batches"
-        return (f"batches travel by {self.mode} ({self.workers} workers; a batch up to {self.batch_bytes / MB:.0f} MB, "
-                f"{self.needed_bytes / MB:.0f} MB in flight; {shm})")
+        size = (f"a batch up to {self.batch_bytes / MB:.0f} MB, {self.needed_bytes / MB:.0f} MB in flight"
+                if self.batch_bytes else "batch size unknown before the files are indexed")
+        return f"batches travel by {self.mode} ({self.workers} workers; {size}; {shm})"
 
     def loader_options(self) -> dict[str, Any]:
         """Keyword arguments for ``torch.utils.data.DataLoader``."""
@@ -79,20 +80,21 @@ def shm_free(path: str = SHM) -> Optional[int]:
     return s.f_bavail * s.f_frsize
 
 
-def choose(workers: int, one_batch: int, *, loaders: int = 2, free: Optional[int], reserved: int = 0) -> Transport:
+def choose(workers: int, one_batch: Optional[int], *, loaders: int = 2, free: Optional[int],
+           reserved: int = 0) -> Transport:
     """The transport for ``workers`` per loader, ``loaders`` loaders alive at once, batches of up
-    to ``one_batch`` bytes, ``free`` bytes free on /dev/shm of which ``reserved`` are promised
-    to the data cache's memory tier."""
+    to ``one_batch`` bytes (None: unknown), ``free`` bytes free on /dev/shm of which ``reserved``
+    are promised to the data cache's memory tier."""
     in_flight = loaders * workers * PREFETCH_FACTOR + HELD_BY_LOOP
-    needed = in_flight * one_batch
+    needed = in_flight * (one_batch or 0)
     available = None if free is None else max(0, free - reserved)
     if workers == 0:
-        return Transport(MAIN, 0, one_batch, 0, available)
-    if available is not None and needed <= available:
+        return Transport(MAIN, 0, one_batch or 0, 0, available)
+    if one_batch is not None and available is not None and needed <= available:
         mode = SHARED
     else:
         mode = MEMFD if memfd_works() else PIPE
-    return Transport(mode, workers, one_batch, needed, available)
+    return Transport(mode, workers, one_batch or 0, needed, available)
 
 
 def memfd_works() -> bool:
