@@ -34,8 +34,10 @@ BUILD_REQUIREMENTS = ("setuptools>=77",)
 
 
 def runtime_requirements() -> list[str]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    return list(project["project"]["dependencies"]) + list(BUILD_REQUIREMENTS)
+    """What the Dockerfile installs: the project's dependencies and its plot and tensorboard extras."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    return [*project["dependencies"], *extras["plot"], *extras["tensorboard"], *BUILD_REQUIREMENTS]
 
 
 class NoBase(RuntimeError):
