@@ -114,6 +114,19 @@ def need_order(spec: DataSpec, rule: TrainRule, start: int, stop: int, val_days:
     after the first validation step (they are read once that batch is done)."""
     order: list[tuple[int, tuple[int, str]]] = []
     seen: set[int] = set()
+    for i in range(start, stop):
+        for d in rule.days(i):
+            if d not in seen:
+                seen.add(d)
+                order.append((i, (d, TRAIN)))
+        if len(seen) == rule.n_days:
+            break
+    if first_val is not None:
+        order.extend((first_val + 1, (d, VAL)) for d in val_days)
+    # stable: within a batch, the rule's order; validation before the training files of the
+    # batch after it (the validation pass runs before that batch is taken)
+    order.sort(key=lambda item: (item[0], item[1][1] != VAL))
+    return order
 
 
 def choose_transport(cfg, spec: DataSpec, *, loaders: int) -> transport.Transport:
@@ -146,21 +159,6 @@ def _memory_tier_claim(spec: DataSpec) -> int:
     except FileNotFoundError:
         held = 0
     return max(0, st.memory_bytes - held)
-
-
-    for i in range(start, stop):
-        for d in rule.days(i):
-            if d not in seen:
-                seen.add(d)
-                order.append((i, (d, TRAIN)))
-        if len(seen) == rule.n_days:
-            break
-    if first_val is not None:
-        order.extend((first_val + 1, (d, VAL)) for d in val_days)
-    # stable: within a batch, the rule's order; validation before the training files of the
-    # batch after it (the validation pass runs before that batch is taken)
-    order.sort(key=lambda item: (item[0], item[1][1] != VAL))
-    return order
 
 
 class Fetcher:
