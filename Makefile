@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: setup demo test synth bench clean
+.PHONY: setup docker demo test synth bench clean
 
 .venv/.installed: pyproject.toml constraints.txt package.json package-lock.json
 	test -x $(PY) || python3 -m venv .venv
@@ -20,7 +20,13 @@ setup: .venv/.installed
 demo: setup
 	$(PY) -m launcher start --local -y
 
-test: setup
+# The container suite (tests/container) needs a Docker daemon: tools/docker-up installs Debian's
+# docker.io and starts one where it can (root + apt), and says why not elsewhere (then the suite
+# reports itself skipped). Quick when already done.
+docker:
+	@tools/docker-up
+
+test: setup docker
 	$(PY) -m pytest
 
 synth: setup
@@ -30,6 +36,7 @@ bench: setup
 	$(PY) bench/learn.py
 	$(PY) bench/stream.py
 	$(PY) bench/dry_run.py
+	$(PY) bench/shm.py
 
 clean:
 	rm -rf .venv node_modules cdk.out runs .pytest_cache

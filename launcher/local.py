@@ -1,9 +1,20 @@
-"""Local mode: the very same training job on this machine, without Docker or an AWS account.
+"""Local mode: the very same training job on this machine, without an AWS account.
 
 It builds the request the cloud path would submit (against placeholder stack outputs),
 serves the data through a local S3 endpoint (moto) so the trainer's S3 streaming path is
 the one that runs, lays the request out as the ``/opt/ml`` tree a SageMaker container sees
-under ``runs/<job>/``, and runs ``python -m trainer`` with the container's environment.
+under ``runs/<job>/``, and runs it in one of two ways:
+
+- **docker** (when a Docker daemon answers and the image exists, or ``--docker``): the training
+  image as SageMaker runs it, like the SageMaker SDK's local mode: ``docker run IMAGE train``
+  with the tree mounted at ``/opt/ml``, only the environment a job gets (the request's
+  ``Environment``, ``TRAINING_JOB_NAME``, ``TRAINING_JOB_ARN``, credentials for the local S3
+  endpoint), Docker's default ``/dev/shm``, host networking to reach the local endpoint, the
+  checkpoints copied in before the start and out after, Ctrl-C as ``docker stop --time 120``;
+- **process** (no Docker, or ``--process``): ``python -m trainer train`` on this machine with
+  the container's environment on top of this one's.
+
+The exit status and ``output/failure`` become the job's status and FailureReason.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from typing import Any, Iterator, Optional, TextIO
 
 from . import jobs, launch, s3sync
 from .errors import MissingSessions, UsageError
-from .request import LOCAL_IMAGE_TAG
+from .request import CHECKPOINT_LOCAL_PATH, LOCAL_IMAGE_TAG
 from .stack import StackOutputs, placeholder_outputs
 
 log = logging.getLogger(__name__)
@@ -36,6 +47,9 @@ SYNTHETIC_VERSION = 2  # bump when trainer.synthetic's output changes, to regene
 _READY = ".complete"
 STOP_GRACE_S = 120  # what SageMaker gives a container between SIGTERM and SIGKILL
 STOPPED_EXIT = 128 + signal.SIGTERM  # the trainer's exit status after a SIGTERM stop (checkpoint saved)
+LOCAL_IMAGE = "b2t-training:local"  # `docker build -t b2t-training:local .`
+OPT_ML = "/opt/ml"
+AUTO, DOCKER, PROCESS = "auto", "docker", "process"
 
 
 @dataclass
@@ -129,8 +143,9 @@ def local_env(endpoint: str) -> dict[str, str]:
 # The /opt/ml tree
 
 
-def layout(job_dir: Path, request: dict[str, Any]) -> dict[str, Path]:
-    """Write the files SageMaker puts in a container for ``request`` under ``job_dir``."""
+def layout(job_dir: Path, request: dict[str, Any], *, in_container: bool = False) -> dict[str, Path]:
+    """Write the files SageMaker puts in a container for ``request`` under ``job_dir``
+    (``in_container``: for ``job_dir`` mounted at /opt/ml, else as seen from this machine)."""
     paths = {
         "config": job_dir / "input" / "config",
         "model": job_dir / "model",
@@ -166,14 +181,15 @@ def layout(job_dir: Path, request: dict[str, Any]) -> dict[str, Path]:
         },
     }
     if "CheckpointConfig" in request:
-        # The container sees /opt/ml/checkpoints; here that is <job>/checkpoints.
+        # The container sees /opt/ml/checkpoints; a process here sees <job>/checkpoints.
         files["checkpointconfig.json"] = {
-            "LocalPath": str(paths["checkpoints"].resolve()),
+            "LocalPath": CHECKPOINT_LOCAL_PATH if in_container else str(paths["checkpoints"].resolve()),
             "S3Uri": request["CheckpointConfig"]["S3Uri"],
         }
     if "TensorBoardOutputConfig" in request:  # the container's LocalPath is <job>/output/tensorboard here
         files["tensorboardoutputconfig.json"] = {
-            "LocalPath": str(paths["tensorboard"].resolve()),
+            "LocalPath": request["TensorBoardOutputConfig"]["LocalPath"] if in_container
+            else str(paths["tensorboard"].resolve()),
             "S3OutputPath": request["TensorBoardOutputConfig"]["S3OutputPath"],
         }
     for name, body in files.items():
@@ -195,10 +211,13 @@ def fetch_channels(s3, job_dir: Path, request: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def forward_signals(proc: subprocess.Popen) -> Iterator[list[int]]:
+def forward_signals(proc: subprocess.Popen, *, stop: Optional[list[str]] = None,
+                    kill: Optional[list[str]] = None) -> Iterator[list[int]]:
     """While ``proc`` runs, SIGTERM/SIGINT sent to the launcher stop it as SageMaker's stop does:
     the first becomes one SIGTERM to ``proc`` (it saves a checkpoint and exits; SIGKILL after
     ``STOP_GRACE_S``), a second one kills it. Yields the signals received, first first.
+    For a container, ``stop`` / ``kill`` are the commands that do this instead
+    (``docker stop --time 120 NAME`` / ``docker kill NAME``).
 
     ``proc`` should run in its own session (``start_new_session=True``) so that a terminal's
     Ctrl-C reaches it only through here, once.
@@ -209,11 +228,16 @@ def forward_signals(proc: subprocess.Popen) -> Iterator[list[int]]:
     def handle(signum, _frame) -> None:
         received.append(signum)
         if len(received) > 1:
+            if kill:
+                subprocess.Popen(kill, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             proc.kill()
             return
         # os.write: printing from a signal handler could re-enter the stream the main loop writes to
         os.write(2, f"\nstopping the trainer (SIGTERM, up to {STOP_GRACE_S} s to save a checkpoint; "
                     "again to kill it at once) ...\n".encode())
+        if stop:  # it waits up to STOP_GRACE_S itself, then kills
+            subprocess.Popen(stop, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return
         proc.send_signal(signal.SIGTERM)
         timer = threading.Timer(STOP_GRACE_S, proc.kill)
         timer.daemon = True
@@ -233,27 +257,19 @@ def forward_signals(proc: subprocess.Popen) -> Iterator[list[int]]:
             timer.cancel()
 
 
-def run_trainer(job_dir: Path, env: dict[str, str], out: Optional[TextIO] = None) -> LocalResult:
-    """``python -m trainer`` in the laid-out tree, its output streamed and kept in ``train.log``."""
-    out = out or sys.stdout
+def _stream(cmd: list[str], job_dir: Path, out: TextIO, *, env: Optional[dict[str, str]] = None,
+            stop: Optional[list[str]] = None, kill: Optional[list[str]] = None) -> LocalResult:
+    """Run ``cmd``, its output streamed to ``out`` and kept in ``train.log``, the metrics the
+    request's MetricDefinitions match collected; signals to the launcher stop it as SageMaker
+    would (:func:`forward_signals`)."""
     from .request import metric_definitions
 
     patterns = [(d["Name"], re.compile(d["Regex"])) for d in metric_definitions()]
     result = LocalResult(job_dir=job_dir, returncode=-1)
-    project_root = Path(__file__).resolve().parents[1]
-    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(project_root), env.get("PYTHONPATH", "")]))}
     with open(job_dir / "train.log", "w") as logfile:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trainer"],
-            cwd=job_dir,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            start_new_session=True,  # signals reach it through forward_signals only
-        )
-        with forward_signals(proc) as received:
+        proc = subprocess.Popen(cmd, cwd=job_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, start_new_session=True)  # signals: forward_signals only
+        with forward_signals(proc, stop=stop, kill=kill) as received:
             assert proc.stdout is not None
             for line in proc.stdout:
                 out.write(line)
@@ -268,6 +284,102 @@ def run_trainer(job_dir: Path, env: dict[str, str], out: Optional[TextIO] = None
     return result
 
 
+def run_trainer(job_dir: Path, env: dict[str, str], out: Optional[TextIO] = None) -> LocalResult:
+    """Process mode: ``python -m trainer train`` in the laid-out tree (``B2T_OPT_ML`` in ``env``)."""
+    project_root = Path(__file__).resolve().parents[1]
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(project_root), env.get("PYTHONPATH", "")]))}
+    return _stream([sys.executable, "-m", "trainer", "train"], job_dir, out or sys.stdout, env=env)
+
+
+# ---------------------------------------------------------------------------------------
+# Docker mode
+
+
+def docker_answers(timeout_s: float = 20) -> Optional[str]:
+    """None when a Docker daemon answers, else why not (one line)."""
+    try:
+        proc = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True,
+                              text=True, timeout=timeout_s)
+    except FileNotFoundError:
+        return "no docker command"
+    except subprocess.TimeoutExpired:
+        return f"the Docker daemon did not answer within {timeout_s:.0f} s"
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        return f"no Docker daemon answers ({lines[-1] if lines else f'exit {proc.returncode}'})"
+    return None
+
+
+def image_exists(image: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
+
+
+def pick_runtime(requested: str, image: str) -> tuple[str, str]:
+    """``(docker|process, why)``: ``--docker`` / ``--process`` decide; otherwise Docker when it
+    answers and ``image`` exists."""
+    if requested == PROCESS:
+        return PROCESS, "--process"
+    problem = docker_answers()
+    if problem is None and not image_exists(image):
+        problem = f"Docker answers but there is no image {image} (build it: docker build -t {image} .)"
+    if requested == DOCKER:
+        if problem:
+            raise UsageError(f"--docker: {problem}")
+        return DOCKER, "--docker"
+    return (PROCESS, f"{problem}: running the trainer as a process instead") if problem else (DOCKER, "Docker answers")
+
+
+def job_env(request: dict[str, Any], job_name: str, endpoint: str) -> dict[str, str]:
+    """Only what a SageMaker job's container gets: the request's Environment, the job's name and
+    ARN, and (in place of the execution role) credentials for the local S3 endpoint."""
+    region = request.get("Environment", {}).get("AWS_REGION", LOCAL_REGION)
+    return {
+        **request.get("Environment", {}),
+        "TRAINING_JOB_NAME": job_name,
+        "TRAINING_JOB_ARN": f"arn:aws:sagemaker:{region}:000000000000:training-job/{job_name}",
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+def docker_run_command(image: str, job_dir: Path, env: dict[str, str], *, name: str, checkpoints: Path,
+                       args: tuple[str, ...] = ("train",), extra: tuple[str, ...] = ()) -> list[str]:
+    """``docker run IMAGE train`` as SageMaker starts a job: the job's tree at /opt/ml (its
+    checkpoints from ``checkpoints``), only ``env``, Docker's default /dev/shm, host networking."""
+    job_dir = job_dir.resolve()
+    cmd = ["docker", "run", "--rm", "--name", name, "--network", "host"]
+    if os.getuid() != 0:  # files in the mounted tree stay the caller's
+        cmd += ["--user", f"{os.getuid()}:{os.getgid()}"]
+    for sub in ("input", "model", "output"):
+        cmd += ["-v", f"{job_dir / sub}:{OPT_ML}/{sub}"]
+    cmd += ["-v", f"{checkpoints.resolve()}:{CHECKPOINT_LOCAL_PATH}"]
+    for key in sorted(env):
+        cmd += ["-e", key]  # the value comes from docker's own environment, not the command line
+    return [*cmd, *extra, image, *args]
+
+
+def run_container(image: str, job_dir: Path, env: dict[str, str], out: Optional[TextIO] = None,
+                  *, name: Optional[str] = None) -> LocalResult:
+    """Docker mode: the checkpoints copied in, ``docker run IMAGE train``, the checkpoints copied out
+    (also after a stop), Ctrl-C as ``docker stop --time 120``."""
+    import tempfile
+
+    name = name or job_dir.name
+    kept = job_dir / "checkpoints"
+    kept.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="b2t-ckpt-") as staged:
+        staged_dir = Path(staged)
+        shutil.copytree(kept, staged_dir, dirs_exist_ok=True)
+        cmd = docker_run_command(image, job_dir, env, name=name, checkpoints=staged_dir)
+        try:
+            return _stream(cmd, job_dir, out or sys.stdout, env={**os.environ, **env},
+                           stop=["docker", "stop", "--time", str(STOP_GRACE_S), name], kill=["docker", "kill", name])
+        finally:
+            shutil.copytree(staged_dir, kept, dirs_exist_ok=True)
+
+
 def run_local(
     opts: launch.StartOptions,
     loaded: launch.LoadedConfig,
@@ -275,6 +387,8 @@ def run_local(
     runs_dir: Path,
     data_dir: Optional[Path] = None,
     dry_run: bool = False,
+    runtime: str = AUTO,
+    image: str = LOCAL_IMAGE,
     out: Optional[TextIO] = None,
     ranks: int = 1,
 ) -> int:
@@ -290,6 +404,10 @@ def run_local(
     if ranks > 1:
         print(f"ranks:       {ranks} on the CPU (torchrun, gloo), each on its share of every global batch of "
               f"{loaded.config.dataset.batch_size}", file=out)
+    if not dry_run:
+        runtime, why = pick_runtime(runtime, image)
+        print(f"runs in:     {f'the image {image} (docker)' if runtime == DOCKER else 'a process on this machine'}"
+              f" - {why}", file=out, flush=True)
     if dry_run:
         print("\nCreateTrainingJob request (dry run: nothing run):", file=out)
         print(json.dumps(request, indent=2), file=out)
@@ -302,36 +420,26 @@ def run_local(
     else:
         source = synthetic_data(Path(runs_dir), loaded.config, out)
 
-    from .aws import Aws
-
     with LocalS3() as s3server:
-        aws = Aws(region=LOCAL_REGION, endpoint_url=s3server.url, credentials=("local", "local"))
-        for bucket in (outputs.data_bucket, outputs.output_bucket):
-            aws.s3.create_bucket(Bucket=bucket)
-        data_url = request["HyperParameters"]["data_url"]
-        bucket, prefix = s3sync.split_s3_url(data_url)
-        print(f"serving {source} as {data_url} on {s3server.url}", file=out, flush=True)
-        s3sync.upload_dir(aws.s3, source, bucket, prefix)
-        jobs.check_sessions(aws, data_url, list(loaded.config.dataset.sessions))
-        launch.upload_channel(aws, plan)
-
-        paths = layout(job_dir, request)
-        fetch_channels(aws.s3, job_dir, request)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(local_env(s3server.url))
-        env.update(request.get("Environment", {}))
+        paths = prepare_job(s3server.url, plan, source, job_dir, in_container=runtime == DOCKER, out=out)
+        ranks_env: dict[str, str] = {}
         if ranks > 1:  # the container entry starts torchrun with this many ranks
             from trainer.torchrun import NPROC_ENV
 
-            env[NPROC_ENV] = str(ranks)
-        env.update(
-            B2T_OPT_ML=str(job_dir.resolve()),
-            TRAINING_JOB_NAME=plan.job_name,
-            TRAINING_JOB_ARN=f"arn:aws:sagemaker:{LOCAL_REGION}:000000000000:training-job/{plan.job_name}",
-        )
-        print(f"\n$ B2T_OPT_ML={job_dir} python -m trainer", file=out, flush=True)
+            ranks_env[NPROC_ENV] = str(ranks)
         started = time.monotonic()
-        result = run_trainer(job_dir, env, out)
+        if runtime == DOCKER:
+            env = {**job_env(request, plan.job_name, s3server.url), **ranks_env}
+            print(f"\n$ docker run --network host -v {job_dir}/...:/opt/ml/... {image} train", file=out, flush=True)
+            result = run_container(image, job_dir, env, out)
+        else:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+            env.update(local_env(s3server.url))
+            env.update(job_env(request, plan.job_name, s3server.url))
+            env.update(ranks_env)
+            env.update(B2T_OPT_ML=str(job_dir.resolve()))
+            print(f"\n$ B2T_OPT_ML={job_dir} python -m trainer train", file=out, flush=True)
+            result = run_trainer(job_dir, env, out)
 
     return report(plan.job_name, paths, result, time.monotonic() - started, out)
 
@@ -344,6 +452,29 @@ def check_ranks(ranks: int, config: Any) -> None:
     if ranks > config.dataset.batch_size:
         raise ConfigError("dataset.batch_size", f"{config.dataset.batch_size} is less than --ranks {ranks}: "
                           "each rank needs at least one trial of every batch")
+
+
+def prepare_job(endpoint: str, plan: launch.Plan, source: Path, job_dir: Path, *, in_container: bool,
+                out: Optional[TextIO] = None) -> dict[str, Path]:
+    """What SageMaker does before a job starts, against the local S3 endpoint at ``endpoint``:
+    the data from ``source`` and the config uploaded where the request says, the ``/opt/ml``
+    tree for the request laid out under ``job_dir``, and its input channels copied in."""
+    from .aws import Aws
+
+    request = plan.request
+    aws = Aws(region=LOCAL_REGION, endpoint_url=endpoint, credentials=("local", "local"))
+    existing = {b["Name"] for b in aws.s3.list_buckets().get("Buckets", [])}
+    for bucket in {plan.outputs.data_bucket, plan.outputs.output_bucket} - existing:
+        aws.s3.create_bucket(Bucket=bucket)
+    data_url = request["HyperParameters"]["data_url"]
+    bucket, prefix = s3sync.split_s3_url(data_url)
+    print(f"serving {source} as {data_url} on {endpoint}", file=out or sys.stdout, flush=True)
+    s3sync.upload_dir(aws.s3, source, bucket, prefix)
+    jobs.check_sessions(aws, data_url, list(plan.loaded.config.dataset.sessions))
+    launch.upload_channel(aws, plan)
+    paths = layout(job_dir, request, in_container=in_container)
+    fetch_channels(aws.s3, job_dir, request)
+    return paths
 
 
 def report(job: str, paths: dict[str, Path], result: LocalResult, seconds: float, out: TextIO) -> int:

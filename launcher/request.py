@@ -146,6 +146,14 @@ def metric_definitions(diphone: bool = False) -> list[dict[str, str]]:
 # The request
 
 
+def job_environment(outputs: StackOutputs) -> dict[str, str]:
+    """The container's environment. Inside a job SageMaker sets only TRAINING_JOB_NAME,
+    TRAINING_JOB_ARN and these (no AWS_REGION), so the job's region travels here and the
+    trainer's S3 client uses it explicitly (trainer/data/storage.py)."""
+    return {"PYTHONUNBUFFERED": "1", DATA_CACHE_ENV: instances.DATA_CACHE_DIR,
+            "AWS_REGION": outputs.region, "AWS_DEFAULT_REGION": outputs.region}
+
+
 def check_spec(spec: JobSpec) -> None:
     """The checks of the user's flags that need no stack: :class:`UsageError` on the first failing."""
     if spec.instance_count < 1:
@@ -230,7 +238,7 @@ def build_training_job_request(spec: JobSpec, outputs: StackOutputs) -> dict[str
             "S3OutputPath": tensorboard_uri(outputs, spec.job_name),
             "LocalPath": TENSORBOARD_LOCAL_PATH,
         },
-        "Environment": {"PYTHONUNBUFFERED": "1", DATA_CACHE_ENV: instances.DATA_CACHE_DIR},
+        "Environment": job_environment(outputs),
         "RetryStrategy": {"MaximumRetryAttempts": MAX_RETRY_ATTEMPTS},
         "Tags": tags,
     }

@@ -1,8 +1,9 @@
 """``python -m trainer``: train locally or inside a SageMaker training container.
 
-See :mod:`trainer.environment` for where inputs and outputs go. A bad config or bad data
-ends the run with one line naming the problem (and, in a container, the same line in
-``/opt/ml/output/failure``, which SageMaker shows as the job's FailureReason).
+See :mod:`trainer.environment` for where inputs and outputs go. Every failure (a bad config,
+bad data, a bad command line, an unexpected error) ends the run with one line naming the problem
+and, in a container, the same line in ``/opt/ml/output/failure``, which SageMaker shows as the
+job's FailureReason; an unexpected error also prints its traceback to the log.
 """
 
 from __future__ import annotations
@@ -65,11 +66,15 @@ def log_to_file(output_dir: Path) -> logging.Handler:
 
 
 def report_failure(reason: str, failure_file: Optional[Path]) -> None:
-    print(reason, file=sys.stderr, flush=True)
+    """``reason`` as one line on stderr and, in a container, in the failure file (SageMaker's FailureReason)."""
+    from .contract import one_line
+
+    line = one_line(reason)
+    print(line, file=sys.stderr, flush=True)
     if failure_file is not None:
         try:
             failure_file.parent.mkdir(parents=True, exist_ok=True)
-            failure_file.write_text(reason + "\n")
+            failure_file.write_text(line + "\n")
         except OSError as e:  # best effort: the reason is on stderr already
             print(f"(could not write {failure_file}: {e.strerror})", file=sys.stderr)
 
@@ -81,9 +86,15 @@ def os_error_line(e: OSError) -> str:
 
 
 def run(argv: Sequence[str], env=os.environ) -> int:
-    from .environment import build_config, in_container, parse_cli, spec_from_cli, spec_from_container
+    from .environment import (InvocationError, build_config, in_container, is_container_invocation, parse_cli,
+                              spec_from_cli, spec_from_container)
 
-    container = not argv and in_container(env)
+    container = is_container_invocation(argv)
+    if container and not in_container(env):
+        configure_logging()
+        command = " ".join(["python -m trainer", *argv])
+        raise InvocationError(f"'{command}' runs a SageMaker job, but there is none here (no input/config under "
+                              "/opt/ml or $B2T_OPT_ML); for a local run pass --config, --data and --output")
     args = None if container else parse_cli(argv)
     configure_logging(bool(args and args.verbose))
     spec = spec_from_container(env) if container else spec_from_cli(args)
@@ -97,6 +108,9 @@ def run(argv: Sequence[str], env=os.environ) -> int:
         if code is not None:
             return code
     log.info("config %s, data %s, output %s", spec.config_path, cfg.data_url, spec.paths.output_dir)
+    if cfg.data_url.startswith("s3://"):
+        log.info("S3 region %s", cfg.dataset.storage.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+                 or "not set: botocore's default chain")
 
     from .data import check_data
     from .checks import check_against_data
@@ -151,37 +165,56 @@ def run_ranks_if_needed(env, failure_file: Optional[Path]) -> Optional[int]:
 
 
 def main(argv: Optional[Sequence[str]] = None, env=os.environ) -> int:
+    """Run, and turn every failure into an exit status and one line (also in the failure file in a
+    container, whatever the invocation); unexpected errors also print their traceback to the log."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .contract import failure_file_for
+
+    failure_file = failure_file_for(env)
+    try:
+        return run(argv, env)
+    except BaseException as e:  # noqa: BLE001 - every way out of a job ends in a status and a reason
+        return failure_status(e, failure_file)
+
+
+def failure_status(e: BaseException, failure_file: Optional[Path]) -> int:
+    """The exit status for ``e``, after reporting it (see :func:`main`)."""
+    if isinstance(e, SystemExit) and e.code in (0, None):  # --help
+        return EXIT_OK
+    if isinstance(e, KeyboardInterrupt):
+        report_failure("interrupted", None)
+        return 128 + signal.SIGINT
+    try:
+        status, line = _classify(e)
+    except Exception:  # the trainer's own modules do not import: keep the original error
+        status, line = None, None
+    if line is None:  # a bug (or a broken install): full traceback for us, one line for the FailureReason
+        traceback.print_exception(e)
+        status, line = EXIT_FAILED, f"internal error: {type(e).__name__}: {e}"
+    report_failure(line, failure_file)
+    return status
+
+
+def _classify(e: BaseException) -> tuple[Optional[int], Optional[str]]:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
-    from .environment import failure_file_for
+    from .environment import InvocationError
     from .train import TrainingError
 
-    failure_file = failure_file_for(env) if not argv else None
-    try:
-        return run(argv, env)
-    except ConfigError as e:
-        report_failure(f"config error: {e}", failure_file)
-        return EXIT_CONFIG
-    except DataError as e:
-        report_failure(f"data error: {e}", failure_file)
-        return EXIT_DATA
-    except (CheckpointError, TrainingError) as e:
-        report_failure(f"training error: {e}", failure_file)
-        return EXIT_FAILED
-    except OSError as e:  # a path the run was given cannot be created, read or written
+    if isinstance(e, InvocationError):
+        return EXIT_CONFIG, f"bad invocation: {e}"
+    if isinstance(e, ConfigError):
+        return EXIT_CONFIG, f"config error: {e}"
+    if isinstance(e, DataError):
+        return EXIT_DATA, f"data error: {e}"
+    if isinstance(e, (CheckpointError, TrainingError)):
+        return EXIT_FAILED, f"training error: {e}"
+    if isinstance(e, OSError):  # a path the run was given cannot be created, read or written
         if e.filename is None:  # not about a path: keep the traceback, as for any unexpected error
-            traceback.print_exc()
-        report_failure(f"file error: {os_error_line(e)}", failure_file)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        report_failure("interrupted", None)
-        return 128 + signal.SIGINT
-    except Exception as e:  # a bug: full traceback for us, one line for the job's FailureReason
-        traceback.print_exc()
-        report_failure(f"internal error: {type(e).__name__}: {e}", failure_file)
-        return EXIT_FAILED
+            traceback.print_exception(e)
+        return EXIT_FAILED, f"file error: {os_error_line(e)}"
+    return None, None
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ writes ``DIR/metrics.jsonl``, ``DIR/training_log``, ``DIR/model/`` and ``DIR/che
 Without ``--output`` the config's ``output_dir`` is used; ``--config`` may name a bundled
 config (``rnn_args.yaml``, ``demo.yaml``) and defaults to the demo config.
 
-SageMaker container (custom image, no training toolkit): ``python -m trainer`` with no
-arguments, when ``<root>/input/config`` exists. ``<root>`` is ``/opt/ml``, or the value of
+SageMaker container (custom image, no training toolkit): ``python -m trainer train`` (how
+SageMaker starts the image: ``docker run IMAGE train``) or ``python -m trainer`` with no
+arguments (an explicit ``ContainerEntrypoint``), when ``<root>/input/config`` exists. ``<root>`` is ``/opt/ml``, or the value of
 the environment variable ``B2T_OPT_ML`` (the launcher's local mode and the tests lay out
 an /opt/ml-like tree and point it there). From the container contract:
 
@@ -45,20 +46,22 @@ itself and every rank reads this same tree (:mod:`trainer.torchrun`).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from .config import ConfigError, TrainConfig, find_config, load_config
+from .contract import DEFAULT_ROOT, ROOT_ENV, TRAIN_COMMAND, container_root, failure_file_for, in_container
 from .train import RunPaths
 
 log = logging.getLogger(__name__)
 
-ROOT_ENV = "B2T_OPT_ML"
-DEFAULT_ROOT = Path("/opt/ml")
 CONFIG_CHANNEL = "config"
 DATA_CHANNELS = ("data", "train")
 HP_CONFIG_FILE = "config_file"
@@ -84,13 +87,16 @@ class RunSpec:
     notes: list[str] = field(default_factory=list)
 
 
-def container_root(env: Mapping[str, str] = os.environ) -> Path:
-    return Path(env.get(ROOT_ENV) or DEFAULT_ROOT)
+__all__ = ["DEFAULT_ROOT", "ROOT_ENV", "container_root", "failure_file_for", "in_container"]
 
 
-def in_container(env: Mapping[str, str] = os.environ) -> bool:
-    return (container_root(env) / "input" / "config").is_dir()
+class InvocationError(Exception):
+    """The command line is wrong (argparse's own message, one line)."""
 
+
+def is_container_invocation(argv: Sequence[str]) -> bool:
+    """``IMAGE train`` (SageMaker's default) or ``IMAGE`` alone (an explicit ContainerEntrypoint)."""
+    return list(argv) in ([], [TRAIN_COMMAND])
 
 
 # ---------------------------------------------------------------------------------------
@@ -103,6 +109,21 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_cli(argv: Sequence[str]) -> argparse.Namespace:
+    """The local command line; a usage error prints argparse's usage and raises :class:`InvocationError`."""
+    p = _cli_parser()
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return p.parse_args(argv)
+    except SystemExit as e:
+        sys.stderr.write(err.getvalue())
+        if e.code in (0, None):  # --help
+            raise
+        message = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else "bad arguments"
+        raise InvocationError(message.removeprefix(f"{p.prog}: error: ")) from None
+
+
+def _cli_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m trainer",
         description="Train the brain-to-text GRU/CTC phoneme decoder (reference rnn_args.yaml configs).",
@@ -112,7 +133,8 @@ def parse_cli(argv: Sequence[str]) -> argparse.Namespace:
             "  python -m trainer --config demo.yaml --data runs/synthetic --output runs/demo\n"
             "  python -m trainer --config rnn_args.yaml --data s3://bucket/t15 --output runs/base "
             "--set num_training_batches=1000 --dry-run\n"
-            "  python -m trainer   # inside a SageMaker container: reads /opt/ml (or $B2T_OPT_ML)\n\n"
+            "  python -m trainer train   # inside a SageMaker container (as SageMaker starts it, or with no\n"
+            "                            # argument): reads /opt/ml (or $B2T_OPT_ML)\n\n"
             "exit status: 0 done, 2 bad config, 3 bad data, 1 other failure, 143 stopped by SIGTERM "
             "(checkpoint saved; run again to resume)"
         ),
@@ -127,7 +149,7 @@ def parse_cli(argv: Sequence[str]) -> argparse.Namespace:
                    help="when checkpoints exist but none can be read, move them aside (*.unreadable) and start "
                         "from step 0 (without it the run stops and names them)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p.parse_args(argv)
+    return p
 
 
 def spec_from_cli(args: argparse.Namespace) -> RunSpec:
@@ -257,11 +279,6 @@ def spec_from_container(env: Mapping[str, str] = os.environ) -> RunSpec:
         container=True,
         notes=notes,
     )
-
-
-def failure_file_for(env: Mapping[str, str] = os.environ) -> Optional[Path]:
-    """Where a container run reports a fatal error, even before the spec could be built."""
-    return container_root(env) / "output" / "failure" if in_container(env) else None
 
 
 # ---------------------------------------------------------------------------------------

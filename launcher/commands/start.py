@@ -11,6 +11,7 @@ from . import add_aws_args, command_parser
 
 EXAMPLES = """
 python -m launcher start --local -y                         # demo: synthetic data, local S3, no AWS
+python -m launcher start --local --docker -y                # the same inside the image (docker build -t b2t-training:local .)
 python -m launcher start --local --config rnn_args.yaml --data ~/data/hdf5_data_final --num-training-batches 200
 python -m launcher start --local --ranks 2 -y                # the demo with 2 data-parallel CPU ranks
 python -m launcher start --config rnn_args.yaml --dry-run   # print the request, submit nothing
@@ -58,7 +59,16 @@ def add_parser(sub) -> None:
     g.add_argument("-y", "--yes", action="store_true", help="submit without asking")
     g.add_argument("--wait", action="store_true", help="follow the logs until the job ends")
     loc = p.add_argument_group("local mode")
-    loc.add_argument("--local", action="store_true", help="run the same job on this machine (no Docker, no AWS)")
+    loc.add_argument("--local", action="store_true",
+                     help="run the same job on this machine, no AWS: in the training image when a Docker daemon "
+                          "answers and the image exists, else as a process")
+    how = loc.add_mutually_exclusive_group()
+    how.add_argument("--docker", dest="runtime", action="store_const", const="docker",
+                     help="run the image (docker run IMAGE train, as SageMaker does); fail if Docker cannot")
+    how.add_argument("--process", dest="runtime", action="store_const", const="process",
+                     help="run the trainer as a process on this machine, even where Docker answers")
+    loc.add_argument("--image", default="b2t-training:local",
+                     help="local image for --local (default: %(default)s; docker build -t b2t-training:local .)")
     loc.add_argument("--runs-dir", type=Path, default=Path("runs"), help="local jobs and data cache (default: %(default)s)")
     loc.add_argument("--data", type=Path, metavar="DIR", help="local session folders to serve (default: synthetic data)")
     loc.add_argument("--ranks", type=int, default=1, metavar="N",
@@ -103,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         loaded = launch.load(opts.config, opts.all_overrides(), default=DEMO_CONFIG)
         launch.check_options(opts, loaded, local=True)
         return local.run_local(opts, loaded, runs_dir=args.runs_dir, data_dir=args.data, dry_run=args.dry_run,
-                               ranks=args.ranks)
+                               ranks=args.ranks, runtime=args.runtime or local.AUTO, image=args.image)
 
     # Validate the config and the flags before any AWS call: a typo costs nothing here.
     loaded = launch.load(opts.config, opts.all_overrides())

@@ -7,10 +7,11 @@ import re
 
 import pytest
 
-from launcher.errors import MissingSessions
+from launcher.errors import MissingSessions, UsageError
 from trainer.config import DEMO_CONFIG, load_config
 
 TINY = [
+    "--process",
     "--num-training-batches", "2",
     "--set", "model.n_units=16", "--set", "model.n_layers=1",
     "--set", "batches_per_train_log=1", "--set", "batches_per_val_step=1",
@@ -146,3 +147,18 @@ def test_local_run_with_two_cpu_ranks(tmp_path, local_data):
 def test_local_ranks_must_fit_the_batch(tmp_path, cli):
     code, _, err = cli("start", "--local", "--dry-run", "--runs-dir", tmp_path, "--ranks", "99")
     assert code == 2 and "dataset.batch_size: 32 is less than --ranks 99" in err
+
+
+def test_without_docker_it_runs_as_a_process_and_says_why(tmp_path, monkeypatch, capsys):
+    from launcher import local
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-daemon.sock")
+    assert local.pick_runtime(local.AUTO, local.LOCAL_IMAGE)[0] == local.PROCESS
+    why = local.pick_runtime(local.AUTO, local.LOCAL_IMAGE)[1]
+    assert why.startswith("no Docker daemon answers") and why.endswith("running the trainer as a process instead")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no docker command at all
+    assert local.pick_runtime(local.AUTO, local.LOCAL_IMAGE) == (
+        local.PROCESS, "no docker command: running the trainer as a process instead")
+    with pytest.raises(UsageError, match="^--docker: no docker command$"):
+        local.pick_runtime(local.DOCKER, local.LOCAL_IMAGE)
+    assert local.pick_runtime(local.PROCESS, local.LOCAL_IMAGE) == (local.PROCESS, "--process")

@@ -378,3 +378,12 @@ def test_the_summary_says_why_the_volume_has_no_kms_key(outputs):
     assert volume_notes(spec(instance_type="ml.p3.2xlarge"), keyed) == []
     assert volume_notes(spec(instance_type="ml.g5.2xlarge"), outputs) == []
     assert "not in the instance-storage table" in volume_notes(spec(instance_type="ml.zz9.large"), outputs)[0]
+
+
+def test_the_jobs_region_travels_in_the_environment(outputs):
+    # Inside a job SageMaker sets no AWS_REGION: without these the trainer's S3 client would
+    # fall back to botocore's default.
+    request = build(placeholder_outputs(region="eu-west-1"))
+    assert request["Environment"]["AWS_REGION"] == request["Environment"]["AWS_DEFAULT_REGION"] == "eu-west-1"
+    # SageMaker starts the image as `IMAGE train` (README: "The training image").
+    assert "ContainerEntrypoint" not in request["AlgorithmSpecification"]

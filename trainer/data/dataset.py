@@ -25,6 +25,9 @@ from .storage import ObjectCache, ObjectInfo, Progress, Storage
 log = logging.getLogger(__name__)
 
 TRAIN, VAL = "train", "val"
+# Set in DataLoader workers whose batches must not go through /dev/shm (trainer/data/transport.py):
+# allocates a batch's tensors there instead.
+WORKER_ALLOCATOR = None
 FILE_NAMES = {TRAIN: "data_train.hdf5", VAL: "data_val.hdf5"}
 
 
@@ -211,6 +214,8 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     handing the batch to the main process does not copy it again (as default_collate does)."""
     if torch.utils.data.get_worker_info() is None:
         return torch.empty(shape, dtype=dtype)
+    if WORKER_ALLOCATOR is not None:
+        return WORKER_ALLOCATOR(shape, dtype)
     proto = torch.empty(0, dtype=dtype)
     try:
         storage = proto._typed_storage()._new_shared(math.prod(shape))

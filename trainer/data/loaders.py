@@ -17,6 +17,7 @@ from .dataset import FILE_NAMES, TRAIN, VAL, Catalog, DataSpec, TrainBatches, Va
 from .errors import DataError
 from .sampling import TrainRule
 from .storage import ObjectCache, ObjectInfo, Progress, Storage, list_objects
+from . import transport
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,9 @@ def make_loaders(
         schedule = need_order(spec, rule, start_batch, cfg.num_training_batches, val_days,
                               _first_validation(cfg, start_batch))
         fetcher = Fetcher(Catalog(spec), schedule, progress, start_batch, ds.storage.prefetch_batches).start()
-    workers = ds.num_dataloader_workers
-    options = dict(batch_size=None, shuffle=False, num_workers=workers, pin_memory=torch.cuda.is_available())
+    way = choose_transport(cfg, spec, loaders=2 if val is not None else 1)
+    log.info("%s", way.describe())
+    options = dict(batch_size=None, shuffle=False, pin_memory=torch.cuda.is_available(), **way.loader_options())
     train_loader = torch.utils.data.DataLoader(train, **options)
     val_loader = torch.utils.data.DataLoader(val, **options) if val is not None else None
     if fetcher is not None:
@@ -131,6 +133,38 @@ def need_order(spec: DataSpec, rule: TrainRule, start: int, stop: int, val_days:
     # batch after it (the validation pass runs before that batch is taken)
     order.sort(key=lambda item: (item[0], item[1][1] != VAL))
     return order
+
+
+def choose_transport(cfg, spec: DataSpec, *, loaders: int) -> transport.Transport:
+    """How batches reach this process: through /dev/shm when the batches in flight fit there, else
+    in memfds (or the workers' pipes); also when the bound is unknown (trainer/data/transport.py)."""
+    catalog = Catalog(spec)
+    workers, free = cfg.dataset.num_dataloader_workers, transport.shm_free()
+    # The bound needs every file's index: local files' metadata, remote files' cached manifests
+    # (check_data leaves them); never fetch objects here, before the loaders stream them.
+    if any(not o.local and not os.path.exists(catalog.cache.manifest_path(o)) for o in spec.files.values()):
+        return transport.choose(workers, None, loaders=loaders, free=free)
+    try:
+        trials = [t for key in spec.files for t in catalog.index(*key).trials]
+    except DataError:  # the reader that needs the broken file reports it, naming the trial
+        return transport.choose(workers, None, loaders=loaders, free=free)
+    n_features = len(spec.feature_subset) if spec.feature_subset is not None else spec.neural_dim
+    one = transport.batch_bytes(cfg.dataset.batch_size, max((t.n_time_steps for t in trials), default=0), n_features,
+                                max((t.seq_len for t in trials), default=0),
+                                max((t.transcription.shape[0] for t in trials), default=0))
+    return transport.choose(workers, one, loaders=loaders, free=free, reserved=_memory_tier_claim(spec))
+
+
+def _memory_tier_claim(spec: DataSpec) -> int:
+    """What the data cache's memory tier (on /dev/shm) may still take: its budget less what it holds."""
+    st = spec.storage
+    if not spec.remote or not st.memory_dir:
+        return 0
+    try:
+        held = sum(e.stat().st_size for e in os.scandir(st.memory_dir) if e.is_file())
+    except FileNotFoundError:
+        held = 0
+    return max(0, st.memory_bytes - held)
 
 
 class Fetcher:

@@ -89,14 +89,17 @@ class Storage:
 
     @classmethod
     def from_config(cls, cfg) -> "Storage":
-        """From a ``StorageConfig``; the endpoint falls back to AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL."""
+        """From a ``StorageConfig``; the endpoint falls back to AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL,
+        the region to AWS_REGION / AWS_DEFAULT_REGION."""
         endpoint = cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         disk_dir = os.path.abspath(cfg.disk_cache_dir or DEFAULT_DISK_DIR)
         memory_dir = memory_tier_dir(disk_dir) if cfg.memory_cache_mb != 0 else None
         memory_bytes = memory_tier_bytes(cfg.memory_cache_mb, memory_dir)
         return cls(
             endpoint_url=endpoint or None,
-            region=cfg.region,
+            # Explicit, as the endpoint: a SageMaker job gets the region only through the request's
+            # Environment (launcher/request.py); without it botocore would fall back to us-east-1.
+            region=cfg.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
             retry_mode=cfg.retry_mode,
             max_attempts=cfg.max_attempts,
             connect_timeout_s=cfg.connect_timeout_s,
