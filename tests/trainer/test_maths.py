@@ -109,9 +109,9 @@ def test_edit_distance_and_per():
     assert edit_distance([1, 2, 3, 4], [2, 1, 3]) == 3
     c = PERCounter()
     c.add(0, [1, 2], [1, 2, 3, 4])
-    c.add(1, [1], [1, 9])
-    assert c.total == pytest.approx(3 / 6)
-    assert c.per_day() == {0: 0.5, 1: 0.5}
+    c.add(1, [4], [1, 9])
+    assert c.total == pytest.approx(4 / 6)  # micro: the days' rates 0.5 and 1.0 would average 0.75
+    assert c.per_day() == {0: 0.5, 1: 1.0}
 
 
 def test_metric_lines_match_definitions(tmp_path, capsys):
