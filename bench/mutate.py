@@ -52,7 +52,9 @@ COVERAGE: dict[str, list[str]] = {
     "trainer/augment.py": ["tests/trainer/test_maths.py", "tests/trainer/test_model.py"],
     "trainer/data/storage.py": ["tests/data/test_storage_faults.py", "tests/data/test_s3.py"],
     "launcher/request.py": ["tests/launcher/test_request.py",
-                            "tests/launcher/test_bite_launcher.py::test_max_wait_equal_to_max_run_is_the_boundary"],
+                            "tests/launcher/test_bite_launcher.py::test_max_wait_equal_to_max_run_is_the_boundary",
+                            "tests/launcher/test_bite_launcher.py::test_defaults_and_limits_of_a_request",
+                            "tests/launcher/test_bite_launcher.py::test_job_names_use_all_63_characters_and_no_more"],
 }
 
 _COMPARE = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
@@ -216,7 +218,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write every mutant's result here")
     p.add_argument("--list", action="store_true", help="only list the mutants")
+    p.add_argument("--only", nargs="*", default=[], metavar="MODULE:INDEX",
+                   help="run just these mutants (e.g. trainer/metrics.py:25, from a previous run's survivors)")
     args = p.parse_args(argv)
+    if args.only:
+        args.modules = [m for m in args.modules if any(o.rsplit(":", 1)[0] == m for o in args.only)]
 
     results: list[Mutant] = []
     with tempfile.TemporaryDirectory(prefix="b2t-mutate-") as tmp:
@@ -226,7 +232,10 @@ def main(argv=None) -> int:
             source = (ROOT / module).read_text()
             found = sites(source)
             chosen = list(range(len(found)))
-            if args.max_per_module and len(chosen) > args.max_per_module:
+            wanted = [int(o.rsplit(":", 1)[1]) for o in args.only if o.rsplit(":", 1)[0] == module]
+            if args.only:
+                chosen = wanted
+            elif args.max_per_module and len(chosen) > args.max_per_module:
                 chosen = sorted(random.Random(f"{args.seed}:{module}").sample(chosen, args.max_per_module))
             if args.list:
                 for i in chosen:

@@ -143,3 +143,26 @@ def test_ctrl_c_on_a_local_run_checkpoints_and_exits_130(tmp_path):
     assert steps[0] == 1 and steps[-1] >= 4  # after validation at batch 0, then where it stopped
     with pytest.raises(ProcessLookupError):  # no trainer left behind
         os.killpg(proc.pid, 0)
+
+
+def test_defaults_and_limits_of_a_request():
+    request = build_training_job_request(_spec(), placeholder_outputs())
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 24 * 3600, "MaxWaitTimeInSeconds": 48 * 3600}
+    assert request["ResourceConfig"] == {"InstanceType": "ml.g5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50}
+    # "StoppingCondition": MaxRuntimeInSeconds from 1 second to 28 days
+    for hours in (1 / 3600, 28 * 24):
+        build_training_job_request(_spec(max_run_hours=hours, spot=False), placeholder_outputs())
+    for hours in (0, 28 * 24 + 1 / 3600):
+        with pytest.raises(UsageError, match="--max-run must be between 1 second and 672 hours"):
+            build_training_job_request(_spec(max_run_hours=hours, spot=False), placeholder_outputs())
+
+
+def test_job_names_use_all_63_characters_and_no_more():
+    import datetime as dt
+
+    from launcher.request import make_job_name
+
+    now = dt.datetime(2026, 11, 29, 10, 15, 0, tzinfo=dt.timezone.utc)
+    assert make_job_name("b2t", "x" * 200 + ".yaml", now) == "b2t-" + "x" * 43 + "-20261129-101500"
+    assert make_job_name("p" * 45, "rnn_args.yaml", now) == "p" * 45 + "-r-20261129-101500"  # 63: one letter fits
+    assert make_job_name("p" * 46, "rnn_args.yaml", now) == "p" * 46 + "-20261129-101500"  # none does

@@ -60,3 +60,26 @@ def test_per_divides_by_the_target_length_only():
     c.add(0, [], [1, 2])  # 2 deletions: (3 + 2) / (1 + 2)
     assert c.total == pytest.approx(5 / 3)
     assert math.isnan(PERCounter().total)
+
+
+def test_edit_distance_cases_by_hand():
+    from trainer.metrics import edit_distance
+
+    assert edit_distance([], []) == 0
+    assert edit_distance([1, 2, 3], [2, 3, 4]) == 2  # delete 1, insert 4 (three substitutions would be 3)
+    assert edit_distance([2, 3, 4], [1, 2, 3]) == 2
+    assert edit_distance([5], [5, 5, 5]) == 2
+
+
+def test_metrics_sink_creates_its_folder_and_writes_nulls_for_non_finite(tmp_path):
+    import io
+    import json
+
+    from trainer.metrics import MetricsSink
+
+    path = tmp_path / "a" / "b" / "metrics.jsonl"
+    out = io.StringIO()
+    MetricsSink(path, out).emit("val", 7, {"val_loss": math.inf, "val_PER": 0.25})
+    assert out.getvalue() == "METRIC step=7 val_loss=inf val_PER=0.25\n"
+    record = json.loads(path.read_text())
+    assert (record["kind"], record["step"], record["val_loss"], record["val_PER"]) == ("val", 7, None, 0.25)
