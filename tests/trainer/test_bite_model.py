@@ -67,3 +67,17 @@ def test_day_layer_dropout_is_applied_in_training_only():
         assert not torch.allclose(got1, got2)
         model.eval()
         assert torch.equal(model(x, days), model(x, days))
+
+
+def test_patches_of_one_bin_with_a_stride_subsample_time():
+    from trainer.model import GRUDecoder
+
+    torch.manual_seed(0)
+    strided = GRUDecoder(neural_dim=6, n_units=8, n_days=1, n_classes=41, n_layers=1, patch_size=1, patch_stride=2)
+    plain = GRUDecoder(neural_dim=6, n_units=8, n_days=1, n_classes=41, n_layers=1)
+    plain.load_state_dict(strided.state_dict())
+    x, day = torch.randn(2, 9, 6), torch.tensor([0, 0])
+    with torch.no_grad():
+        got = strided.eval()(x, day)
+        assert got.shape == (2, 5, 41) and int(strided.output_lengths(torch.tensor([9]))[0]) == 5
+        assert torch.allclose(got, plain.eval()(x[:, ::2], day), atol=1e-6)
