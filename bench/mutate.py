@@ -43,7 +43,8 @@ COPIED = ("trainer", "launcher", "infra", "tests", "bench", "pyproject.toml", "c
 # module -> the tests that cover it (fastest first: -x stops at the first failure)
 COVERAGE: dict[str, list[str]] = {
     "trainer/model.py": ["tests/trainer/test_bite_model.py", "tests/trainer/test_model.py"],
-    "trainer/validation.py": ["tests/trainer/test_bite_maths.py", "tests/trainer/test_model.py",
+    "trainer/validation.py": ["tests/trainer/test_bite_validation.py", "tests/trainer/test_bite_maths.py",
+                              "tests/trainer/test_model.py",
                               "tests/trainer/test_training.py::test_train_evaluate_and_outputs"],
     "trainer/metrics.py": ["tests/trainer/test_bite_maths.py", "tests/trainer/test_maths.py"],
     "trainer/schedule.py": ["tests/trainer/test_maths.py"],
