@@ -76,3 +76,9 @@ def test_sigterm_between_periodic_checkpoints_saves_the_step_it_stopped_at(tiny_
     # the loop stops before the next batch: the checkpoint holds every batch trained, no more
     assert state[ckpt.STEP] == last + 1 and path == ckpt.periodic_path(out / "checkpoints", last + 1)
     assert [s for s, _ in ckpt.periodic_checkpoints(out / "checkpoints")] == [last + 1, 1]
+
+
+def test_a_checkpoint_folder_is_created_with_its_parents(tmp_path):
+    path = tmp_path / "a" / "b" / "checkpoint_00000001.pt"
+    ckpt.save_atomic({"step": 1}, path)
+    assert torch.load(path, weights_only=False) == {"step": 1}
