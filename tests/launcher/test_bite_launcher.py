@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -30,11 +31,11 @@ def _spec(**kwargs) -> JobSpec:
 
 
 def test_max_wait_equal_to_max_run_is_the_boundary():
-    # "Managed Spot Training": MaxWaitTimeInSeconds must be equal to or greater than MaxRuntimeInSeconds
-    request = build_training_job_request(_spec(max_run_hours=2, max_wait_hours=2), placeholder_outputs())
-    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": 7200}
-    with pytest.raises(UsageError, match="--max-wait must be at least --max-run"):
-        build_training_job_request(_spec(max_run_hours=2, max_wait_hours=2 - 1 / 3600), placeholder_outputs())
+    # "Managed Spot Training in Amazon SageMaker AI": MaxWaitTimeInSeconds must be larger than MaxRuntimeInSeconds
+    request = build_training_job_request(_spec(max_run_hours=2, max_wait_hours=2 + 1 / 3600), placeholder_outputs())
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": 7201}
+    with pytest.raises(UsageError, match="--max-wait must be longer than --max-run"):
+        build_training_job_request(_spec(max_run_hours=2, max_wait_hours=2), placeholder_outputs())
     on_demand = build_training_job_request(_spec(max_run_hours=2, max_wait_hours=1, spot=False),
                                            placeholder_outputs())
     assert on_demand["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200}
@@ -102,9 +103,11 @@ def test_model_trainer_for_builds_the_launchers_job(deployed, monkeypatch):
     (channel,) = args["InputDataConfig"]
     uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
     bucket, prefix = uri[len("s3://"):].split("/", 1)
-    body = deployed.client("s3").get_object(Bucket=bucket, Key=prefix + "demo.yaml")["Body"].read()
+    s3 = deployed.client("s3")
+    body = s3.get_object(Bucket=bucket, Key=prefix + "demo.yaml")["Body"].read()
     assert body.decode() == DEMO_CONFIG.read_text()  # the config travelled before the job exists
-    assert "num_training_batches=7" in args["HyperParameters"]["overrides"]
+    overrides = s3.get_object(Bucket=bucket, Key=prefix + "overrides.json")["Body"].read()
+    assert json.loads(overrides) == ["num_training_batches=7"]
 
 
 def test_model_trainer_for_refuses_missing_sessions_before_uploading(deployed, monkeypatch):
