@@ -82,3 +82,22 @@ def test_a_checkpoint_folder_is_created_with_its_parents(tmp_path):
     path = tmp_path / "a" / "b" / "checkpoint_00000001.pt"
     ckpt.save_atomic({"step": 1}, path)
     assert torch.load(path, weights_only=False) == {"step": 1}
+
+
+def test_init_weights_from_a_bare_state_dict_and_from_s3(tmp_path, moto_reset, monkeypatch):
+    import io
+
+    weights = {"out.weight": torch.ones(2, 3), "_orig_mod.h0": torch.zeros(1, 1, 3)}
+    torch.save(weights, tmp_path / "bare.pt")  # no model_state_dict wrapper
+    expected = {"out.weight": torch.ones(2, 3), "h0": torch.zeros(1, 1, 3)}
+    got = ckpt.read_model_state(str(tmp_path / "bare.pt"))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+
+    s3 = moto_reset.client("s3")
+    s3.create_bucket(Bucket="weights")
+    buffer = io.BytesIO()
+    torch.save({ckpt.MODEL_STATE: weights, ckpt.VAL_PER: 0.2}, buffer)
+    s3.put_object(Bucket="weights", Key="ref/best_checkpoint", Body=buffer.getvalue())
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_reset.url)
+    got = ckpt.read_model_state("s3://weights/ref/best_checkpoint")
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
