@@ -20,10 +20,22 @@ def n_parts(root, part_mb=1) -> int:
     return sum(-(-p.stat().st_size // (part_mb * MB)) for p in root.rglob("*.hdf5"))
 
 
-def test_a_body_corrupted_once_is_fetched_again(tiny_dir, tiny_s3, proxy, tmp_path):
+def _without_checksums(server):
+    """A client that stores no checksum with the objects (older uploads, other tools): S3 then
+    sends none with a GET, and only the ETag can tell a damaged body."""
+    from botocore.config import Config
+
+    return server.client("s3", config=Config(request_checksum_calculation="when_required"))
+
+
+@pytest.mark.parametrize("checksums", [False, True], ids=["etag-only", "with-checksums"])
+def test_a_body_corrupted_once_is_fetched_again(checksums, tiny_dir, moto_reset, proxy, tmp_path):
     assert all(p.stat().st_size < MB for p in tiny_dir.rglob("*.hdf5"))  # one part per object
+    url = upload(moto_reset.client("s3") if checksums else _without_checksums(moto_reset), tiny_dir)
     proxy.configure(fault_rate=1.0, faults=("corrupt",), max_faults=1)
-    remote = all_batches(make_cfg(tiny_s3, tmp_path, endpoint=proxy.url, overrides=["num_training_batches=12"]))
+    # no prefetch thread: a fetch it gave up on would be retried on demand and hide the re-fetch here
+    remote = all_batches(make_cfg(url, tmp_path, endpoint=proxy.url,
+                                  overrides=["num_training_batches=12", "dataset.storage.prefetch_batches=0"]))
     assert proxy.stats.faults["corrupt"] == 1
     assert proxy.stats.range_gets == n_parts(tiny_dir) + 1  # the corrupted object, once more
     assert_same_batches(remote, all_batches(make_cfg(tiny_dir, tmp_path, overrides=["num_training_batches=12"])))
@@ -32,7 +44,7 @@ def test_a_body_corrupted_once_is_fetched_again(tiny_dir, tiny_s3, proxy, tmp_pa
 @pytest.mark.parametrize("multipart", [False, True], ids=["single-part", "multipart"])
 def test_a_body_that_stays_corrupt_names_the_object(multipart, medium_dir, moto_reset, proxy, tmp_path):
     # single-part ETags are the object's MD5; multipart ones the MD5 of the parts' MD5s
-    s3 = moto_reset.client("s3")
+    s3 = _without_checksums(moto_reset)
     url = upload(s3, medium_dir, multipart_mb=5 if multipart else 0)
     if multipart:  # the validation files are under 5 MB, hence single-part: leave them out
         for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]:
@@ -117,3 +129,10 @@ def test_no_room_to_cache_names_the_object_and_the_setting(tiny_s3, moto_server,
     monkeypatch.setattr(os, "statvfs", full)
     with pytest.raises(DataError, match=rf"^{re.escape(tiny_s3)}/{SESSIONS_RE}: not enough space to cache it .*disk_cache_dir"):
         check_data(cfg)
+
+
+def test_a_body_cut_short_every_time_is_tried_max_attempts_times(listed, proxy, tiny_s3):
+    proxy.configure(fault_rate=1.0, faults=("truncate",))
+    with pytest.raises(DataError, match=rf"^{re.escape(tiny_s3)}/{SESSIONS_RE}: bytes 0-\d+ failed 2 times; last error"):
+        next(listed)
+    assert proxy.stats.faults["truncate"] == 2  # max_attempts=2: no third try
