@@ -107,6 +107,9 @@ def test_a_process_waits_for_anothers_fetch_instead_of_fetching_again(tiny_dir, 
         except Exception as e:  # reported below
             errors.append(e)
 
+    from trainer.data.storage import fetch_counters
+
+    fetched_before = fetch_counters()[0]
     threads = [threading.Thread(target=read_all) for _ in range(3)]
     for t in threads:
         t.start()
@@ -114,6 +117,7 @@ def test_a_process_waits_for_anothers_fetch_instead_of_fetching_again(tiny_dir, 
         t.join(120)
     assert not errors
     assert proxy.stats.range_gets == n_parts(tiny_dir)  # each object once, for all three readers
+    assert fetch_counters()[0] - fetched_before == sum(p.stat().st_size for p in tiny_dir.rglob("*.hdf5"))
 
 
 def test_no_room_to_cache_names_the_object_and_the_setting(tiny_s3, moto_server, tmp_path, monkeypatch):

@@ -169,3 +169,17 @@ def test_job_names_use_all_63_characters_and_no_more():
     assert make_job_name("b2t", "x" * 200 + ".yaml", now) == "b2t-" + "x" * 43 + "-20261129-101500"
     assert make_job_name("p" * 45, "rnn_args.yaml", now) == "p" * 45 + "-r-20261129-101500"  # 63: one letter fits
     assert make_job_name("p" * 46, "rnn_args.yaml", now) == "p" * 46 + "-20261129-101500"  # none does
+
+
+def test_request_validation_counts_its_problems():
+    from launcher.errors import InvalidRequest
+    from launcher.request import validate_request
+
+    request = build_training_job_request(_spec(), placeholder_outputs())
+    assert request["AlgorithmSpecification"]["EnableSageMakerMetricsTimeSeries"] is True
+    one = {**request, "EnableManagedSpotTraining": "yes"}
+    with pytest.raises(InvalidRequest, match=r"rejected offline: .*EnableManagedSpotTraining[^(]*$"):
+        validate_request(one)
+    two = {**one, "ResourceConfig": {**request["ResourceConfig"], "InstanceCount": "1"}}
+    with pytest.raises(InvalidRequest, match=r"\(and 1 more\)$"):
+        validate_request(two)

@@ -83,3 +83,12 @@ def test_metrics_sink_creates_its_folder_and_writes_nulls_for_non_finite(tmp_pat
     assert out.getvalue() == "METRIC step=7 val_loss=inf val_PER=0.25\n"
     record = json.loads(path.read_text())
     assert (record["kind"], record["step"], record["val_loss"], record["val_PER"]) == ("val", 7, None, 0.25)
+
+
+def test_collapse_of_one_frame():
+    import numpy as np
+
+    from trainer.metrics import collapse
+
+    assert collapse(np.array([0])).tolist() == [] and collapse(np.array([7])).tolist() == [7]
+    assert collapse(np.array([], dtype=np.int64)).tolist() == []

@@ -81,3 +81,15 @@ def test_patches_of_one_bin_with_a_stride_subsample_time():
         got = strided.eval()(x, day)
         assert got.shape == (2, 5, 41) and int(strided.output_lengths(torch.tensor([9]))[0]) == 5
         assert torch.allclose(got, plain.eval()(x[:, ::2], day), atol=1e-6)
+
+
+def test_the_decoder_has_no_recurrent_dropout_unless_asked():
+    from trainer.model import GRUDecoder
+
+    torch.manual_seed(0)
+    model = GRUDecoder(neural_dim=6, n_units=8, n_days=1, n_classes=41, n_layers=2).train()
+    x, day = torch.randn(2, 5, 6), torch.tensor([0, 0])
+    with torch.no_grad():
+        trained = model(x, day)
+        assert torch.equal(trained, model(x, day))  # training mode, yet deterministic
+        assert torch.allclose(trained, model.eval()(x, day))  # and what evaluation gives
