@@ -42,7 +42,8 @@ COPIED = ("trainer", "launcher", "infra", "tests", "bench", "pyproject.toml", "c
 
 # module -> the tests that cover it (fastest first: -x stops at the first failure)
 COVERAGE: dict[str, list[str]] = {
-    "trainer/model.py": ["tests/trainer/test_bite_model.py", "tests/trainer/test_model.py"],
+    "trainer/model.py": ["tests/trainer/test_bite_model.py", "tests/trainer/test_model.py",
+                         "tests/trainer/test_fork_diphone.py"],
     "trainer/validation.py": ["tests/trainer/test_bite_validation.py", "tests/trainer/test_bite_maths.py",
                               "tests/trainer/test_model.py",
                               "tests/trainer/test_fork_diphone.py",
