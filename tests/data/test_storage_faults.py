@@ -140,3 +140,34 @@ def test_a_body_cut_short_every_time_is_tried_max_attempts_times(listed, proxy, 
     with pytest.raises(DataError, match=rf"^{re.escape(tiny_s3)}/{SESSIONS_RE}: bytes 0-\d+ failed 2 times; last error"):
         next(listed)
     assert proxy.stats.faults["truncate"] == 2  # max_attempts=2: no third try
+
+
+def test_prefetch_skips_an_object_another_thread_is_fetching(tiny_s3, proxy, tmp_path):
+    import time
+
+    from trainer.data.storage import ObjectCache, Storage, list_objects
+
+    storage = Storage(endpoint_url=proxy.url, disk_dir=str(tmp_path / "cache"))
+    rel = "t15.2023.08.11/data_train.hdf5"
+    obj = list_objects(tiny_s3, [rel], storage)[rel]
+    cache = ObjectCache(storage)
+    proxy.configure(latency_s=1.0)  # the fetch below holds its lock for at least a second
+    fetching = threading.Thread(target=cache.local_path, args=(obj,))
+    gets_before = proxy.stats.gets
+    fetching.start()
+    while proxy.stats.gets == gets_before:  # its GET is in flight
+        time.sleep(0.01)
+    assert cache.prefetch(obj) is False  # does not wait for it, does not fetch it again
+    fetching.join(30)
+    assert cache.prefetch(obj) is True and proxy.stats.range_gets == 1
+
+
+def test_without_a_memory_tier_objects_go_to_disk(tiny_s3, moto_server, tmp_path):
+    from trainer.data.storage import ObjectCache, Storage, list_objects
+
+    # a memory budget but no memory directory: what Storage.from_config gives on a machine without /dev/shm
+    storage = Storage(endpoint_url=moto_server.url, disk_dir=str(tmp_path / "cache"), memory_bytes=64 * MB,
+                      memory_dir=None)
+    rel = "t15.2023.08.11/data_val.hdf5"
+    path = ObjectCache(storage).local_path(list_objects(tiny_s3, [rel], storage)[rel])
+    assert path.startswith(str(tmp_path / "cache" / "objects") + "/")
