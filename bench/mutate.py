@@ -59,7 +59,8 @@ COVERAGE: dict[str, list[str]] = {
     "launcher/request.py": ["tests/launcher/test_request.py",
                             "tests/launcher/test_bite_launcher.py::test_max_wait_equal_to_max_run_is_the_boundary",
                             "tests/launcher/test_bite_launcher.py::test_defaults_and_limits_of_a_request",
-                            "tests/launcher/test_bite_launcher.py::test_job_names_use_all_63_characters_and_no_more"],
+                            "tests/launcher/test_bite_launcher.py::test_job_names_use_all_63_characters_and_no_more",
+                            "tests/launcher/test_bite_launcher.py::test_request_validation_counts_its_problems"],
 }
 
 _COMPARE = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
