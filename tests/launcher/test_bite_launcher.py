@@ -131,7 +131,8 @@ def test_ctrl_c_on_a_local_run_checkpoints_and_exits_130(tmp_path):
     args = ["start", "--local", "-y", "--runs-dir", str(tmp_path / "runs"), "--data", str(tmp_path / "data"),
             "--num-training-batches", "5000", "--set", "model.n_units=16", "--set", "model.n_layers=1",
             "--set", "batches_per_train_log=1", "--set", "batches_per_val_step=5000"]
-    # its own process group, as a terminal's foreground job: Ctrl-C signals the launcher and the trainer
+    # its own process group, as a terminal's foreground job: Ctrl-C signals the launcher (the trainer
+    # runs in a session of its own and is stopped by the launcher, once)
     proc = subprocess.Popen([sys.executable, "-m", "launcher", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     for line in proc.stdout:
@@ -139,47 +140,23 @@ def test_ctrl_c_on_a_local_run_checkpoints_and_exits_130(tmp_path):
             os.killpg(proc.pid, signal.SIGINT)
             break
     out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err[-2000:]
-    assert "stopping the trainer (SIGTERM" in out
+    assert proc.returncode == 130, err[-2000:]
+    assert "stopping the trainer (SIGTERM" in err and "Traceback" not in err
     (job_dir,) = (tmp_path / "runs").glob("b2t-demo-*")
+    assert f"{job_dir.name}: Stopped (SIGINT) after " in out and "; its checkpoints are in" in out
     steps = sorted(int(p.stem.split("_")[1]) for p in (job_dir / "checkpoints").glob("checkpoint_*.pt"))
     assert steps[0] == 1 and steps[-1] >= 4  # after validation at batch 0, then where it stopped
-    with pytest.raises(ProcessLookupError):  # no trainer left behind
-        os.killpg(proc.pid, 0)
+    assert not _processes_of(job_dir)  # no trainer left behind
 
 
-def test_defaults_and_limits_of_a_request():
-    request = build_training_job_request(_spec(), placeholder_outputs())
-    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 24 * 3600, "MaxWaitTimeInSeconds": 48 * 3600}
-    assert request["ResourceConfig"] == {"InstanceType": "ml.g5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50}
-    # "StoppingCondition": MaxRuntimeInSeconds from 1 second to 28 days
-    for hours in (1 / 3600, 28 * 24):
-        build_training_job_request(_spec(max_run_hours=hours, spot=False), placeholder_outputs())
-    for hours in (0, 28 * 24 + 1 / 3600):
-        with pytest.raises(UsageError, match="--max-run must be between 1 second and 672 hours"):
-            build_training_job_request(_spec(max_run_hours=hours, spot=False), placeholder_outputs())
-
-
-def test_job_names_use_all_63_characters_and_no_more():
-    import datetime as dt
-
-    from launcher.request import make_job_name
-
-    now = dt.datetime(2026, 11, 29, 10, 15, 0, tzinfo=dt.timezone.utc)
-    assert make_job_name("b2t", "x" * 200 + ".yaml", now) == "b2t-" + "x" * 43 + "-20261129-101500"
-    assert make_job_name("p" * 45, "rnn_args.yaml", now) == "p" * 45 + "-r-20261129-101500"  # 63: one letter fits
-    assert make_job_name("p" * 46, "rnn_args.yaml", now) == "p" * 46 + "-20261129-101500"  # none does
-
-
-def test_request_validation_counts_its_problems():
-    from launcher.errors import InvalidRequest
-    from launcher.request import validate_request
-
-    request = build_training_job_request(_spec(), placeholder_outputs())
-    assert request["AlgorithmSpecification"]["EnableSageMakerMetricsTimeSeries"] is True
-    one = {**request, "EnableManagedSpotTraining": "yes"}
-    with pytest.raises(InvalidRequest, match=r"rejected offline: .*EnableManagedSpotTraining[^(]*$"):
-        validate_request(one)
-    two = {**one, "ResourceConfig": {**request["ResourceConfig"], "InstanceCount": "1"}}
-    with pytest.raises(InvalidRequest, match=r"\(and 1 more\)$"):
-        validate_request(two)
+def _processes_of(job_dir: Path) -> list[int]:
+    """Processes whose environment names ``job_dir`` (the trainer runs with B2T_OPT_ML=job_dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(job_dir.resolve()).encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:  # gone meanwhile, or not ours
+                pass
+    return found
