@@ -52,7 +52,7 @@ COVERAGE: dict[str, list[str]] = {
                            "tests/trainer/test_fork_diphone.py"],
     "trainer/schedule.py": ["tests/trainer/test_maths.py"],
     "trainer/checkpoint.py": ["tests/trainer/test_checkpoint.py", "tests/trainer/test_bite_checkpoint.py",
-                              "tests/trainer/test_model.py"],
+                              "tests/trainer/test_model.py", "tests/trainer/test_lifecycle.py"],
     "trainer/augment.py": ["tests/trainer/test_bite_augment.py", "tests/trainer/test_maths.py",
                            "tests/trainer/test_model.py"],
     "trainer/data/storage.py": ["tests/data/test_storage_faults.py", "tests/data/test_s3.py"],
