@@ -288,9 +288,7 @@ def _body_errors() -> tuple:
     import botocore.exceptions as bce
 
     errors: tuple = (OSError, asyncio.TimeoutError, _ShortBody, bce.ReadTimeoutError, bce.ConnectionClosedError)
-    # FlexibleChecksumError: the body does not match the checksum S3 sent with it (a whole-object
-    # GET of an object stored with a checksum): damaged in transit, so the part is fetched again
-    for name in ("ResponseStreamingError", "IncompleteReadError", "FlexibleChecksumError"):
+    for name in ("ResponseStreamingError", "IncompleteReadError"):
         if hasattr(bce, name):
             errors += (getattr(bce, name),)
     try:
