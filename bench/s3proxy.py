@@ -9,7 +9,10 @@ on purpose:
   fail, with each of ``faults`` in turn:
   ``503`` (a SlowDown error), ``reset`` (the connection is reset before any response) or
   ``truncate`` (the headers promise the whole body, half of it comes, then the connection
-  closes).
+  closes). Two more kinds are there to be asked for (``faults=``), not in the default turn:
+  ``corrupt`` (a ranged GET's body arrives whole, with its middle byte flipped: content that
+  no longer matches the object's ETag) and ``denied`` (403 AccessDenied);
+- ``max_faults`` (0: no limit) stops faulting after that many faults.
 
 It counts requests, GETs (and ranged GETs) and response body bytes sent. Control it over HTTP on the same port:
 ``GET /__proxy/stats``, ``POST /__proxy/reset``, ``POST /__proxy/config?fault_rate=0.05&
@@ -34,10 +37,15 @@ from typing import Optional
 from urllib.parse import parse_qs, urlsplit
 
 CHUNK = 1024 * 1024  # relayed per write: large, so that the proxy costs little CPU per byte
-FAULTS = ("503", "reset", "truncate")
+FAULTS = ("503", "reset", "truncate")  # the default turn
+KINDS = FAULTS + ("corrupt", "denied")
 _SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message><RequestId>proxy</RequestId></Error>"
+)
+_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message><RequestId>proxy</RequestId></Error>"
 )
 
 
@@ -49,6 +57,7 @@ class Settings:
     fault_every: int = 0  # every Nth GET fails (kinds in turn); 0: off
     faults: tuple[str, ...] = FAULTS
     seed: int = 0
+    max_faults: int = 0  # 0: no limit
 
 
 @dataclass
@@ -58,7 +67,7 @@ class Stats:
     range_gets: int = 0
     body_bytes: int = 0
     connections: int = 0
-    faults: dict = field(default_factory=lambda: {k: 0 for k in FAULTS})
+    faults: dict = field(default_factory=lambda: {k: 0 for k in KINDS})
 
 
 class _Closed(Exception):
@@ -198,25 +207,31 @@ class Proxy:
                 self.stats.range_gets += method == "GET" and _get(headers, "range") is not None
                 s = self.settings
                 fault = None
+                n_faults = sum(self.stats.faults.values())
                 every = s.fault_every and method == "GET" and self.stats.gets % s.fault_every == 0
-                if every or (s.fault_rate and self._rng.random() < s.fault_rate):
+                if not 0 < s.max_faults <= n_faults and (every or (s.fault_rate and self._rng.random() < s.fault_rate)):
                     # kinds in turn, so that every kind shows up in a short run
-                    fault = s.faults[sum(self.stats.faults.values()) % len(s.faults)]
-                    self.stats.faults[fault] = self.stats.faults.get(fault, 0) + 1
+                    fault = s.faults[n_faults % len(s.faults)]
+                    if fault == "corrupt" and not (method == "GET" and _get(headers, "range")):
+                        fault = None  # only object data is corrupted, never a listing
+                    else:
+                        self.stats.faults[fault] = self.stats.faults.get(fault, 0) + 1
                 if fault == "reset":
                     _reset(writer)
                     return
-                if fault == "503":
+                if fault in ("503", "denied"):
+                    status, payload = (b"HTTP/1.1 503 Slow Down", _SLOWDOWN) if fault == "503" else (
+                        b"HTTP/1.1 403 Forbidden", _DENIED)
                     await asyncio.sleep(s.latency_s)
-                    writer.write(_render(b"HTTP/1.1 503 Slow Down", [
-                        ("Content-Type", "application/xml"), ("Content-Length", str(len(_SLOWDOWN)))]) + _SLOWDOWN)
+                    writer.write(_render(status, [
+                        ("Content-Type", "application/xml"), ("Content-Length", str(len(payload)))]) + payload)
                     await writer.drain()
                     continue
                 if up is None:
                     up = await asyncio.open_connection(*self.upstream, limit=1 << 20)
                     self._writers.add(up[1])
                 up[1].write(_render(first, headers) + body)
-                keep = await self._relay(method, up, writer, truncate=fault == "truncate")
+                keep = await self._relay(method, up, writer, truncate=fault == "truncate", corrupt=fault == "corrupt")
                 if not keep:
                     up[1].close()
                     self._writers.discard(up[1])
@@ -235,7 +250,8 @@ class Proxy:
                     if not w.is_closing():
                         w.close()
 
-    async def _relay(self, method: str, up, writer: asyncio.StreamWriter, *, truncate: bool) -> bool:
+    async def _relay(self, method: str, up, writer: asyncio.StreamWriter, *, truncate: bool,
+                     corrupt: bool = False) -> bool:
         """Pass one response on: latency, then the body at the capped rate. True if upstream stays open."""
         ureader, _ = up
         first, headers = await _read_head(ureader)
@@ -260,6 +276,7 @@ class Proxy:
         if remaining is None:
             keep = False
         limit = remaining // 2 if truncate and remaining else None
+        flip = remaining // 2 if corrupt and remaining else None  # offset of the byte to flip
         sent = 0
         started = time.monotonic()
         while remaining is None or remaining > 0:
@@ -269,6 +286,8 @@ class Proxy:
                 break
             if remaining is not None:
                 remaining -= len(chunk)
+            if flip is not None and sent <= flip < sent + len(chunk):
+                chunk = chunk[: flip - sent] + bytes([chunk[flip - sent] ^ 0xFF]) + chunk[flip - sent + 1 :]
             if limit is not None and sent + len(chunk) >= limit:
                 writer.write(chunk[: limit - sent])
                 self.stats.body_bytes += limit - sent
@@ -299,6 +318,8 @@ class Proxy:
                 self.settings.rate = float(q["rate_mb"]) * 1e6
             if "faults" in q:
                 self.settings.faults = tuple(q["faults"].split(","))
+            if "max_faults" in q:
+                self.settings.max_faults = int(q["max_faults"])
         elif url.path == "/__proxy/reset":
             self.reset_stats()
         payload = json.dumps({"stats": asdict(self.stats), "settings": asdict(self.settings)}).encode()

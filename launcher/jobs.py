@@ -463,7 +463,10 @@ def _extract(archive: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive) as tar:
         if hasattr(tarfile, "data_filter"):
-            tar.extractall(target, filter="data")
+            try:
+                tar.extractall(target, filter="data")
+            except tarfile.FilterError as e:  # a member outside target, a link out of it, a device
+                raise LauncherError(f"{archive.name}: unsafe member refused: {e}") from None
         else:  # Python < 3.11.4: refuse members that would land outside target
             root = target.resolve()
             for member in tar.getmembers():

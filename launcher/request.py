@@ -94,7 +94,7 @@ def make_job_name(prefix: str, config_file: str, now: Optional[dt.datetime] = No
     stem = re.sub(r"\.ya?ml$", "", config_file.rsplit("/", 1)[-1])
     stem = re.sub(r"[^a-zA-Z0-9]+", "-", stem).strip("-").lower() or "job"
     room = MAX_JOB_NAME - len(prefix) - len(stamp) - 2
-    return f"{prefix}-{stem[: max(room - 1, 0)].rstrip('-')}-{stamp}" if room > 1 else f"{prefix}-{stamp}"
+    return f"{prefix}-{stem[:room].rstrip('-')}-{stamp}" if room > 0 else f"{prefix}-{stamp}"
 
 
 def qualify_job_name(name: str, prefix: Optional[str]) -> str:

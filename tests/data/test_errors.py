@@ -144,12 +144,19 @@ def test_excluding_every_training_trial_of_a_session_is_an_error(tiny_dir, tmp_p
         list(make_loaders(cfg)[0])
 
 
-def test_non_finite_check_covers_all_values(tiny_dir, tmp_path):
-    """A trial whose values overflow a float32 sum is still accepted when every value is finite."""
-    from trainer.data.dataset import Catalog
-
-    x = np.full((4, 3), 3e38, dtype=np.float32)
-    Catalog._check_finite(None, x, 0, "train", "trial_0000")  # no error: the sum overflows, the values do not
+def test_huge_but_finite_features_are_delivered_unchanged(tiny_dir, tmp_path):
+    """Values whose float32 sum overflows are still finite: the trial loads, values intact."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dir, root)
+    with h5py.File(root / SESSION / "data_val.hdf5", "r+") as f:
+        ds = f["trial_0002/input_features"]
+        huge = ds[()]
+        huge[:4, :3] = 3e38  # 12 values summing to ~3.6e39, beyond float32's 3.4e38
+        ds[...] = huge
+    _, val = make_loaders(make_cfg(root, tmp_path))
+    batch = next(b for b in val if 2 in b["trial_nums"].tolist() and int(b["day_indicies"][0]) == 1)
+    row = batch["trial_nums"].tolist().index(2)
+    assert (batch["input_features"][row, :4, :3] == np.float32(3e38)).all()
 
 
 def test_directory_in_place_of_a_file_is_one_line(tiny_dir, tmp_path):

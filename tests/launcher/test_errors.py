@@ -164,25 +164,7 @@ def test_unreachable_endpoint(aws_env, cli, monkeypatch):
     assert_one_line_error(code, err, "reading stack B2tSageMaker: cannot reach http://127.0.0.1:9")
 
 
-@pytest.mark.parametrize("code_", ["ExpiredToken", "InvalidClientTokenId", "SignatureDoesNotMatch"])
-def test_rejected_credentials(deployed, cli, monkeypatch, code_):
-    from botocore.exceptions import ClientError
-
-    def refuse(*_args, **_kwargs):
-        raise ClientError({"Error": {"Code": code_, "Message": "The security token is invalid"}}, "DescribeStacks")
-
-    # AWS refusing the key as it reads the stack, the first call every command makes
-    monkeypatch.setattr("launcher.commands.connect", lambda args: (None, _in_aws_errors(refuse)))
-    code, _, err = start(cli)
-    assert_one_line_error(code, err, f"AWS rejected the credentials ({code_})", "aws sso login")
-    assert no_jobs(deployed.server)
-
-
-def _in_aws_errors(fn):
-    from launcher.aws import aws_errors
-
-    with aws_errors("reading stack B2tSageMaker"):
-        return fn()
+# Rejected credentials (InvalidClientTokenId, SignatureDoesNotMatch, ExpiredToken): test_auth_errors.py
 
 
 @pytest.mark.parametrize("name", ["bad_name!", "a" * 70])

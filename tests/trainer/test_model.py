@@ -106,28 +106,31 @@ def test_output_lengths_match_patch_count():
         assert out.shape[1] == int(output_lengths(torch.tensor([T]), 14, 4)[0])
 
 
-def test_bidirectional_and_day_dropout():
-    cfg = load_config(REFERENCE_CONFIG, ["model.bidirectional=true", "model.n_units=8", "model.n_layers=2",
-                                         "model.patch_size=2", "model.patch_stride=1"])
-    model = build_model(cfg.model, n_days=2, n_classes=41)
-    out = model(torch.randn(2, 9, 512), torch.tensor([0, 1]))
-    assert out.shape == (2, 8, 41)
-
-
 def test_autocast_forward_and_backward():
-    """The AMP path (bf16 on CPU here; bf16/fp16 on CUDA in a job) keeps dtypes consistent."""
+    """The AMP path (bf16 on CPU here; bf16/fp16 on CUDA in a job) gives the fp32 loss and gradients
+    to bf16's precision (exact values: tests/trainer/test_bite_maths.py)."""
     from trainer.augment import transform
     from trainer.validation import ctc_loss
 
     cfg = load_config(REFERENCE_CONFIG, ["model.n_units=8", "model.n_layers=1", "model.patch_size=4",
                                          "model.patch_stride=2", "dataset.data_transforms.static_gain_std=0.1",
                                          "dataset.data_transforms.random_walk_std=0.1"])
+    torch.manual_seed(0)
     model = build_model(cfg.model, n_days=3, n_classes=41)
     x, n = torch.randn(4, 40, 512), torch.tensor([40, 38, 30, 35])
     labels, label_lens = torch.randint(1, 41, (4, 6)), torch.tensor([6, 5, 4, 6])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        x, n = transform(x, n, cfg.dataset.data_transforms, train=True, generator=torch.Generator().manual_seed(0))
-        logits = model(x, torch.tensor([2, 0, 2, 1]))
-        loss = ctc_loss(logits, labels, output_lengths(n, 4, 2), label_lens)
-    loss.backward()
-    assert torch.isfinite(loss) and model.day_weights[1].grad is not None
+
+    def loss_and_grad(dtype):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            xt, nt = transform(x, n, cfg.dataset.data_transforms, train=True,
+                               generator=torch.Generator().manual_seed(0))
+            logits = model(xt, torch.tensor([2, 0, 2, 1]))
+            loss = ctc_loss(logits, labels, output_lengths(nt, 4, 2), label_lens)
+        loss.backward()
+        return loss, model.day_weights[1].grad.clone()
+
+    (loss32, grad32), (loss16, grad16) = loss_and_grad(None), loss_and_grad(torch.bfloat16)
+    assert loss16.dtype == torch.float32 and loss32.item() > 1
+    assert loss16.item() == pytest.approx(loss32.item(), rel=2e-2)
+    assert torch.nn.functional.cosine_similarity(grad16.flatten(), grad32.flatten(), dim=0) > 0.8  # measured 0.88
