@@ -24,7 +24,10 @@ concurrent processes never fetch the same object twice and never see a partial o
 
 Integrity: every part is requested with ``If-Match: <ETag>`` and its length is checked, so
 each part is the size asked for and of the version listed (S3 answers 412 otherwise); a
-full MD5 check against the ETag is an option (``verify_md5``), not on the default path.
+full MD5 check against the ETag is an option (``verify_md5``), not on the default path:
+against AWS endpoints the bytes travel over HTTPS, whose per-record MAC already rejects a
+body changed in transit; ``verify_md5`` adds a guard for plain-HTTP endpoints (a local
+stand-in, a proxy) and for damage at rest, at the cost of hashing every object once.
 
 Retries: botocore's retry configuration (mode, max_attempts) and timeouts cover requests;
 s3fs's own retry loop is switched off so the two do not multiply. A body cut short
