@@ -204,6 +204,12 @@ class ObjectInfo:
 # Filesystems: one per process (fsspec objects are not fork-safe)
 
 _filesystems: dict = {}
+# Filesystems a forked child inherited, kept referenced and never used. Dropping one runs
+# s3fs's finalizer, which closes the pooled connections: on the event loop's epoll set,
+# which the child shares with its parent, so the parent stops hearing from those sockets,
+# its next request on one waits out read_timeout_s and botocore sends it again (a part
+# fetched twice). The child exits with os._exit, so they are never closed here.
+_inherited: list = []
 
 
 def _protocol(url: str) -> str:
@@ -222,6 +228,7 @@ def filesystem(url: str, storage: Storage):
     fs = _filesystems.get(key)
     if fs is None:
         if any(k[0] != os.getpid() for k in _filesystems):  # inherited through fork: unusable here
+            _inherited.extend(_filesystems.values())
             _filesystems.clear()
         options = storage.s3_options() if proto == "s3" else {}
         fs, _ = fsspec.core.url_to_fs(url, **options)
