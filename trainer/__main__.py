@@ -66,11 +66,12 @@ def log_to_file(output_dir: Path) -> logging.Handler:
 
 
 def report_failure(reason: str, failure_file: Optional[Path]) -> None:
-    """``reason`` as one line on stderr and, in a container, in the failure file (SageMaker's FailureReason)."""
+    """``reason`` on stderr (several config problems: one line each) and, in a container, as one
+    line in the failure file (SageMaker's FailureReason)."""
     from .contract import one_line
 
     line = one_line(reason)
-    print(line, file=sys.stderr, flush=True)
+    print(reason.strip() or line, file=sys.stderr, flush=True)
     if failure_file is not None:
         try:
             failure_file.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,8 @@ def failure_file_for(env: Mapping[str, str] = os.environ) -> Optional[Path]:
 
 
 def one_line(reason: str, limit: int = FAILURE_REASON_LIMIT) -> str:
-    """``reason`` as one line of at most ``limit`` characters (whitespace runs become one space)."""
-    line = re.sub(r"\s+", " ", reason).strip()
+    """``reason`` as one line of at most ``limit`` characters: its lines joined by "; ", other
+    whitespace runs become one space."""
+    lines = [re.sub(r"\s+", " ", part).strip() for part in reason.splitlines()]
+    line = "; ".join(part for part in lines if part)
     return line if len(line) <= limit else line[: limit - 1] + "…"

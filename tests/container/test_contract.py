@@ -94,7 +94,7 @@ def test_an_unexpected_error_leaves_one_line_and_the_traceback_in_the_log(image,
              "t.train = boom\nfrom trainer.__main__ import main\nsys.exit(main(['train']))\n")
     proc = docker_run(image, job, args=("-c", crash), extra=("--entrypoint", "python"))
     assert proc.returncode == 1
-    assert one_line(job.failure) == "internal error: ZeroDivisionError: injected over two lines"
+    assert one_line(job.failure) == "internal error: ZeroDivisionError: injected; over two lines"
     assert "Traceback (most recent call last)" in proc.stdout
 
 

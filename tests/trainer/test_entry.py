@@ -51,4 +51,4 @@ def test_an_unexpected_error_leaves_one_line_and_a_traceback(opt_ml, monkeypatch
 
 def test_reasons_fit_what_sagemaker_shows():
     assert one_line("x" * 5000) == "x" * (FAILURE_REASON_LIMIT - 1) + "…"
-    assert one_line("Caught X in worker.\n  Original Traceback\n  boom") == "Caught X in worker. Original Traceback boom"
+    assert one_line("Caught X in worker.\n  Original Traceback\n  boom") == "Caught X in worker.; Original Traceback; boom"
