@@ -68,6 +68,7 @@ class Stats:
     body_bytes: int = 0
     connections: int = 0
     faults: dict = field(default_factory=lambda: {k: 0 for k in KINDS})
+    ranges: list = field(default_factory=list)  # [path, Range header] of each ranged GET, in arrival order
 
 
 class _Closed(Exception):
@@ -120,7 +121,21 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None:  # linger 0: close sends RST, as a dropped connection does
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    _shutdown(writer)
     writer.transport.abort()
+
+
+def _shutdown(writer: asyncio.StreamWriter) -> None:
+    """End the connection now, for the peer too. A process forked while it was open (a
+    DataLoader worker of a test that runs this proxy in-process) holds a copy of its
+    descriptor, and a plain close sends nothing while any copy is open: the client would
+    wait out its read timeout instead of seeing the connection end."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already disconnected
+            pass
 
 
 class Proxy:
@@ -205,6 +220,8 @@ class Proxy:
                 self.stats.requests += 1
                 self.stats.gets += method == "GET"
                 self.stats.range_gets += method == "GET" and _get(headers, "range") is not None
+                if method == "GET" and _get(headers, "range") is not None:
+                    self.stats.ranges.append([target.split("?", 1)[0], _get(headers, "range")])
                 s = self.settings
                 fault = None
                 n_faults = sum(self.stats.faults.values())
@@ -233,10 +250,12 @@ class Proxy:
                 up[1].write(_render(first, headers) + body)
                 keep = await self._relay(method, up, writer, truncate=fault == "truncate", corrupt=fault == "corrupt")
                 if not keep:
+                    _shutdown(up[1])
                     up[1].close()
                     self._writers.discard(up[1])
                     up = None
                 if fault == "truncate":
+                    _shutdown(writer)
                     writer.close()
                     return
                 if (_get(headers, "connection") or "").lower() == "close":
@@ -248,6 +267,7 @@ class Proxy:
                 if w is not None:
                     self._writers.discard(w)
                     if not w.is_closing():
+                        _shutdown(w)
                         w.close()
 
     async def _relay(self, method: str, up, writer: asyncio.StreamWriter, *, truncate: bool,
