@@ -137,6 +137,26 @@ def upload_dir(
     return result
 
 
+def put_sidecars(s3, src: Path, bucket: str, prefix: str, indexes: dict) -> int:
+    """Each uploaded file's trial index beside it (trainer.data.sidecar), unless one for its
+    current version is there already; returns how many were written."""
+    from trainer.data.sidecar import SUFFIX, put_sidecar, sidecar_json
+
+    prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+    remote = list_objects(s3, bucket, prefix)
+    written = 0
+    for path, index in indexes.items():
+        key = prefix + Path(path).relative_to(src).as_posix()
+        obj, side = remote.get(key), remote.get(key + SUFFIX)
+        if obj is not None and side is not None and side["Size"] == len(sidecar_json(index, obj["Size"], obj["ETag"])):
+            current = s3.get_object(Bucket=bucket, Key=key + SUFFIX)["Body"].read().decode()
+            if current == sidecar_json(index, obj["Size"], obj["ETag"]):
+                continue
+        put_sidecar(s3, bucket, key, index)
+        written += 1
+    return written
+
+
 def download_keys(
     s3, bucket: str, objects: Iterable[dict], strip_prefix: str, dest: Path, *, progress: Optional[bool] = None,
     overwrite: bool = False,

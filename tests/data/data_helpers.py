@@ -25,13 +25,21 @@ MEDIUM = SyntheticSpec(n_sessions=4, train_trials=24, val_trials=8, bins_per_pho
                        max_words=5, seed=3)
 
 
-def upload(client, root: Path, *, bucket: str = BUCKET, prefix: str = PREFIX, multipart_mb: int = 0) -> str:
-    """Put every file under ``root`` into the bucket; returns the dataset's s3:// URL."""
+def upload(client, root: Path, *, bucket: str = BUCKET, prefix: str = PREFIX, multipart_mb: int = 0,
+           sidecars: bool = False) -> str:
+    """Put every file under ``root`` into the bucket (with ``sidecars``, each file's trial index
+    beside it, as ``launcher upload`` does); returns the dataset's s3:// URL."""
+    from trainer.data.index import build_index
+    from trainer.data.sidecar import put_sidecar
+
     client.create_bucket(Bucket=bucket)
     config = TransferConfig(multipart_threshold=multipart_mb << 20, multipart_chunksize=multipart_mb << 20) \
         if multipart_mb else TransferConfig(multipart_threshold=1 << 40)
     for path in sorted(root.rglob("*.hdf5")):
-        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(root).as_posix()}", Config=config)
+        key = f"{prefix}/{path.relative_to(root).as_posix()}"
+        client.upload_file(str(path), bucket, key, Config=config)
+        if sidecars:
+            put_sidecar(client, bucket, key, build_index(str(path), str(path)))
     return f"s3://{bucket}/{prefix}"
 
 

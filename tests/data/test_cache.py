@@ -18,7 +18,7 @@ import pytest
 from bench.s3proxy import FAULTS
 from tests.data.data_helpers import BUCKET, PREFIX, ROOT, TINY, all_batches, assert_same_batches, make_cfg, upload
 from trainer.data import DataError, check_data, make_loaders
-from trainer.data.storage import MB, ObjectCache, Storage, cache_key, list_objects
+from trainer.data.storage import MB, ObjectCache, Storage, cache_key, list_objects, received_bytes
 from trainer.synthetic import generate
 
 FULL_PASS = ["num_training_batches=12"]  # every session drawn, every validation file read
@@ -73,7 +73,9 @@ def test_a_replaced_object_is_fetched_again_and_its_old_copy_evicted(tiny_dir, m
 
 
 def test_an_object_changed_mid_run_is_named_with_both_etags(tiny_s3, moto_server, tmp_path):
-    cfg = make_cfg(tiny_s3, tmp_path, endpoint=moto_server.url, overrides=["dataset.storage.max_attempts=2"])
+    # fetched on demand (no prefetching): the change lands between the listing and the fetch
+    cfg = make_cfg(tiny_s3, tmp_path, endpoint=moto_server.url,
+                   overrides=["dataset.storage.max_attempts=2", "dataset.storage.prefetch_batches=0"])
     train, _ = make_loaders(cfg)  # the run has listed the objects: these versions
     client = moto_server.client("s3")
     key = f"{PREFIX}/{SESSION}/data_train.hdf5"
@@ -124,13 +126,8 @@ def test_after_sigkill_the_next_run_resumes_and_reclaims_the_space(medium_dir, m
 
 def _received(cache_dir: Path) -> int:
     """Bytes recorded as received in the .progress files of fetches in progress."""
-    import struct
-
-    total = 0
-    for p in (cache_dir / "objects").glob("*.progress") if (cache_dir / "objects").exists() else []:
-        raw = p.read_bytes()
-        total += sum(struct.unpack(f"<{len(raw) // 8}Q", raw[: len(raw) // 8 * 8]))
-    return total
+    objects = cache_dir / "objects"
+    return sum(received_bytes(str(p)) for p in objects.glob("*.progress")) if objects.exists() else 0
 
 
 def test_least_recently_used_objects_are_evicted_above_the_limit(tiny_dir, tiny_s3, moto_server, tmp_path):
@@ -141,3 +138,24 @@ def test_least_recently_used_objects_are_evicted_above_the_limit(tiny_dir, tiny_
     assert_same_batches(all_batches(cfg), all_batches(make_cfg(tiny_dir, tmp_path, overrides=FULL_PASS)))
     objects = tmp_path / "cache" / "objects"
     assert sum(p.stat().st_size for p in objects.iterdir()) <= limit_mb * MB
+
+
+def test_a_local_file_is_indexed_once_per_version(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    generate(root, dataclasses.replace(TINY, n_sessions=1))
+    cfg = make_cfg(root, tmp_path, overrides=["dataset.days_per_batch=1", "dataset.sessions=['t15.2023.08.11']",
+                                              "dataset.dataset_probability_val=[1]"])
+    import trainer.data.dataset as dataset
+
+    built: list[str] = []
+    real = dataset.build_index
+    monkeypatch.setattr(dataset, "build_index", lambda path, url: built.append(url) or real(path, url))
+    first = all_batches(cfg)
+    assert len(built) == 2  # the train and the validation file, once each
+    assert_same_batches(all_batches(cfg), first)
+    assert len(built) == 2  # a second run reads the cached indexes
+    train = root / SESSION / "data_train.hdf5"
+    os.utime(train, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new version, same size
+    all_batches(cfg)
+    assert built[2:] == [str(train)]
+    assert len(list((tmp_path / "cache" / "manifests").iterdir())) == 2  # the old version's index is gone

@@ -201,12 +201,17 @@ def test_upload_syncs_sessions_and_skips_unchanged(deployed, cli, tmp_path):
 
     shutil.rmtree(tmp_path / "gen")
     code, out, _ = cli("upload", tmp_path, "--prefix", "extra")
-    assert code == 0 and "uploaded 2 file(s)" in out
-    keys_ = [o["Key"] for o in deployed.client("s3").list_objects_v2(Bucket=deployed.data_bucket,
-                                                                       Prefix="data/extra/")["Contents"]]
-    assert keys_ == ["data/extra/t15.2025.01.01/data_train.hdf5", "data/extra/t15.2025.01.03/data_train.hdf5"]
+    assert code == 0 and "uploaded 2 file(s)" in out and "2 trial index(es) written beside them" in out
+    s3 = deployed.client("s3")
+    listed = {o["Key"]: o for o in s3.list_objects_v2(Bucket=deployed.data_bucket, Prefix="data/extra/")["Contents"]}
+    data = ["data/extra/t15.2025.01.01/data_train.hdf5", "data/extra/t15.2025.01.03/data_train.hdf5"]
+    assert sorted(listed) == sorted([*data, *(k + ".b2t-index.json" for k in data)])
+    for key in data:  # each index names the version it describes and lists the file's trials
+        side = json.loads(s3.get_object(Bucket=deployed.data_bucket, Key=key + ".b2t-index.json")["Body"].read())
+        assert side["object"] == {"size": listed[key]["Size"], "etag": listed[key]["ETag"]}
+        assert [t["key"] for t in side["index"]["trials"]] == ["trial_0000", "trial_0001"]
     code, out, _ = cli("upload", tmp_path, "--prefix", "extra")
-    assert "uploaded 0 file(s), 0 B; 2 unchanged skipped" in out
+    assert "uploaded 0 file(s), 0 B; 2 unchanged skipped; 0 trial index(es) written" in out
 
 
 def test_resume_continues_from_the_same_checkpoints_and_config(deployed, job, cli):

@@ -18,15 +18,15 @@ import numpy as np
 import torch
 
 from .errors import DataError, trial_error
-from .index import FileIndex, FileReader, build_index
+from .index import FileIndex, FileReader, Trial, build_index, trial_ranges
 from .sampling import Plan, TrainRule, rank_share, validation_plan
 from .storage import ObjectCache, ObjectInfo, Progress, Storage
 
 log = logging.getLogger(__name__)
 
 TRAIN, VAL = "train", "val"
-# Set in DataLoader workers whose batches must not go through /dev/shm (trainer/data/transport.py):
-# allocates a batch's tensors there instead.
+# Set in DataLoader workers whose batches may not go through /dev/shm (trainer/data/transport.py):
+# ``(shape, dtype, batch_bytes)`` -> a tensor allocated elsewhere, or None for /dev/shm.
 WORKER_ALLOCATOR = None
 FILE_NAMES = {TRAIN: "data_train.hdf5", VAL: "data_val.hdf5"}
 
@@ -42,6 +42,7 @@ class DataSpec:
     neural_dim: int = 512
     feature_subset: Optional[tuple[int, ...]] = None
     bad_trials: dict = field(default_factory=dict, hash=False)  # session -> {(block_num, trial_num)}
+    sidecars: dict = field(default_factory=dict, hash=False)  # (day, split) -> ObjectInfo of its index sidecar
 
     @property
     def remote(self) -> bool:
@@ -59,7 +60,8 @@ class Catalog:
         self.cache = ObjectCache(spec.storage)
         self._indexes: dict[tuple[int, str], FileIndex] = {}
         self._usable: dict[tuple[int, str], list[int]] = {}
-        self._readers: dict[tuple[int, str], FileReader] = {}
+        self._readers: dict[tuple[int, str], FileReader] = {}  # over complete copies
+        self._partial: dict[tuple[int, str], tuple[int, FileReader]] = {}  # (inode, reader) over fetches in progress
         self._finite: set[tuple[int, str, int]] = set()
         self._lock = threading.RLock()  # the main process may read from two threads
 
@@ -73,8 +75,14 @@ class Catalog:
             return idx
 
     def _load_index(self, obj: ObjectInfo) -> FileIndex:
-        if obj.local:
-            idx = build_index(obj.path, obj.url)
+        if obj.local:  # indexed once per file version on this machine, not once per worker
+            idx = self._read_manifest(obj)
+            if idx is None:
+                idx = build_index(obj.path, obj.url)
+                try:
+                    self.cache.write_manifest(obj, idx.to_json())
+                except OSError as e:  # a convenience for local files: the data is read in place anyway
+                    log.debug("%s: index not cached (%s)", obj.url, e)
         else:
             idx = self._read_manifest(obj)
             if idx is None:
@@ -83,7 +91,7 @@ class Catalog:
                     idx = self._read_manifest(obj)
                     if idx is None:
                         idx = build_index(self.cache.fetch_held(obj), obj.url)
-                        _write_atomically(self.cache.manifest_path(obj), idx.to_json())
+                        self.cache.write_manifest(obj, idx.to_json())
         for t in idx.trials:
             if t.input_features.shape[1] != self.spec.neural_dim:
                 raise trial_error(obj.url, t.key, f"input_features has {t.input_features.shape[1]} features, "
@@ -125,6 +133,29 @@ class Catalog:
                 r = self._readers[(day, split)] = self._open_reader(self.spec.file(day, split))
             return r
 
+    def reader_for(self, day: int, split: str, trials: Sequence[Trial]) -> FileReader:
+        """A reader from which ``trials`` can be read now: over the complete copy, or over the
+        fetch in progress once their bytes have arrived (the main process's fetcher brings the
+        trials of the next batches first)."""
+        key = (day, split)
+        obj = self.spec.file(day, split)
+        if obj.local or key in self._readers:
+            return self.reader(day, split)
+        for _ in range(3):
+            got = self.cache.wait_for(obj, trial_ranges(trials))
+            if got is None or got[1]:
+                return self.reader(day, split)
+            try:
+                inode = os.stat(got[0]).st_ino
+                with self._lock:
+                    held = self._partial.get(key)
+                    if held is None or held[0] != inode:
+                        held = self._partial[key] = (inode, FileReader(got[0], obj.url))
+                    return held[1]
+            except FileNotFoundError:  # completed (renamed) meanwhile: look again
+                continue
+        return self.reader(day, split)
+
     def _open_reader(self, obj: ObjectInfo) -> FileReader:
         for attempt in (1, 2):
             if not obj.local:
@@ -149,7 +180,7 @@ class Catalog:
         rows = []
         for day, positions in plan:
             trials = self.index(day, split).trials
-            reader = self.reader(day, split)
+            reader = self.reader_for(day, split, [trials[p] for p in positions])
             rows.extend((day, p, trials[p], reader) for p in positions)
         subset = self.spec.feature_subset
         n_features = len(subset) if subset is not None else self.spec.neural_dim
@@ -159,10 +190,13 @@ class Catalog:
         t_max = max(t.n_time_steps for t in sizing)
         l_max = max(t.seq_len for t in sizing)
         w_max = max(t.transcription.shape[0] for t in sizing)
+        phonemes = all(t.seq_class_ids_phoneme is not None for _, _, t, _ in rows)
+        p_max = max(t.seq_len_phoneme for _, _, t, _ in rows) + 1 if phonemes else 0
+        size = n * (t_max * n_features * 4 + l_max * 8 + w_max * 4 + 5 * 8 + p_max * 8)  # the whole batch, in bytes
         out = {
-            "input_features": _empty((n, t_max, n_features), torch.float32),
-            "seq_class_ids": _empty((n, l_max), torch.int64),
-            "transcriptions": _empty((n, w_max), torch.int32),
+            "input_features": _empty((n, t_max, n_features), torch.float32, size),
+            "seq_class_ids": _empty((n, l_max), torch.int64, size),
+            "transcriptions": _empty((n, w_max), torch.int32, size),
         }
         feats, labels, texts = (out[k].numpy() for k in ("input_features", "seq_class_ids", "transcriptions"))
         scalars = np.zeros((5, n), dtype=np.int64)
@@ -182,8 +216,8 @@ class Catalog:
             scalars[:, b] = (t.n_time_steps, t.seq_len, day, t.block_num, t.trial_num)
         for i, key in enumerate(("n_time_steps", "phone_seq_lens", "day_indicies", "block_nums", "trial_nums")):
             out[key] = torch.from_numpy(scalars[i])
-        if all(t.seq_class_ids_phoneme is not None for _, _, t, _ in rows):
-            out.update(_phoneme_targets(rows))
+        if phonemes:
+            out.update(_phoneme_targets(rows, size))
         return out
 
     def _check_finite(self, x: np.ndarray, day: int, split: str, key: str) -> None:
@@ -197,10 +231,10 @@ class Catalog:
                               f"non-finite input_features (first at bin {bad[0]}, feature {bad[1]})")
 
 
-def _phoneme_targets(rows: list) -> dict[str, torch.Tensor]:
+def _phoneme_targets(rows: list, batch_bytes: int) -> dict[str, torch.Tensor]:
     """``seq_class_ids_phoneme`` [n, L] (zero padded) and ``phone_seq_lens_phoneme`` [n], as the fork's loader."""
     lengths = np.array([t.seq_len_phoneme for _, _, t, _ in rows], dtype=np.int64)
-    out = {"seq_class_ids_phoneme": _empty((len(rows), int(lengths.max(initial=0))), torch.int64)}
+    out = {"seq_class_ids_phoneme": _empty((len(rows), int(lengths.max(initial=0))), torch.int64, batch_bytes)}
     labels = out["seq_class_ids_phoneme"].numpy()
     labels[...] = 0
     for b, (_, _, t, reader) in enumerate(rows):
@@ -209,27 +243,22 @@ def _phoneme_targets(rows: list) -> dict[str, torch.Tensor]:
     return out
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor; in a DataLoader worker, allocated in shared memory so that
-    handing the batch to the main process does not copy it again (as default_collate does)."""
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, batch_bytes: int) -> torch.Tensor:
+    """An uninitialised tensor of a batch of ``batch_bytes``; in a DataLoader worker, allocated
+    in shared memory so that handing the batch to the main process does not copy it again (as
+    default_collate does)."""
     if torch.utils.data.get_worker_info() is None:
         return torch.empty(shape, dtype=dtype)
     if WORKER_ALLOCATOR is not None:
-        return WORKER_ALLOCATOR(shape, dtype)
+        tensor = WORKER_ALLOCATOR(shape, dtype, batch_bytes)
+        if tensor is not None:
+            return tensor
     proto = torch.empty(0, dtype=dtype)
     try:
         storage = proto._typed_storage()._new_shared(math.prod(shape))
     except AttributeError:  # a private torch API (the one default_collate uses); without it, copy later
         return torch.empty(shape, dtype=dtype)
     return proto.new(storage).view(shape)
-
-
-def _write_atomically(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class _PerProcess:

@@ -159,6 +159,21 @@ def _field(ds, url: str, key: str, file_size: int) -> Field:
     return Field(offset=offset, shape=tuple(int(n) for n in ds.shape), dtype=dtype.str)
 
 
+def trial_ranges(trials) -> Optional[list[tuple[int, int]]]:
+    """The byte ranges in the file that reading ``trials`` touches; None if a field is not one
+    contiguous range (then only a complete copy will do)."""
+    ranges = []
+    for t in trials:
+        for name in (*FIELDS, PHONEME_FIELD):
+            f: Optional[Field] = getattr(t, name)
+            if f is None:
+                continue
+            if f.offset is None:
+                return None
+            ranges.append((f.offset, f.offset + int(np.prod(f.shape, dtype=np.int64)) * np.dtype(f.dtype).itemsize))
+    return ranges
+
+
 class FileReader:
     """Reads trial fields from a complete local copy of one file, through a memory map."""
 

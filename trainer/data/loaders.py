@@ -9,15 +9,16 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from .dataset import FILE_NAMES, TRAIN, VAL, Catalog, DataSpec, TrainBatches, ValBatches
 from .errors import DataError
-from .sampling import TrainRule
+from .index import trial_ranges
+from .sampling import Plan, TrainRule
 from .storage import ObjectCache, ObjectInfo, Progress, Storage, list_objects
-from . import transport
+from . import sidecar, transport
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ def build_spec(cfg) -> DataSpec:
     root = cfg.data_url.rstrip("/")
     storage = Storage.from_config(ds.storage)
     wanted = {(d, split): f"{s}/{FILE_NAMES[split]}" for d, s in enumerate(ds.sessions) for split in (TRAIN, VAL)}
-    found = list_objects(cfg.data_url, sorted(set(wanted.values())), storage)
+    found = list_objects(cfg.data_url, sorted({*wanted.values(), *(r + sidecar.SUFFIX for r in wanted.values())}),
+                         storage)
     missing = [f"{root}/{rel}" for (d, split), rel in wanted.items() if split == TRAIN and found[rel] is None]
     if missing:
         more = f" (and {len(missing) - _SHOWN_MISSING} more)" if len(missing) > _SHOWN_MISSING else ""
@@ -48,6 +50,8 @@ def build_spec(cfg) -> DataSpec:
         neural_dim=ds.neural_dim,
         feature_subset=tuple(ds.feature_subset) if ds.feature_subset is not None else None,
         bad_trials=bad,
+        sidecars={k: found[rel + sidecar.SUFFIX] for k, rel in wanted.items()
+                  if k in files and found[rel + sidecar.SUFFIX] is not None and not files[k].local},
     )
 
 
@@ -74,13 +78,14 @@ def make_loaders(
         raise ValueError(f"start_batch must be >= 0, got {start_batch}")
     ds = cfg.dataset
     spec = build_spec(cfg)
+    sidecar.load_sidecars(spec.files, spec.sidecars, spec.storage)
     seed = ds.seed if seed is None else seed
     if seed < 0:  # the reference's "random"; fixed here so every worker agrees
         seed = secrets.randbits(31)
         log.info("dataset.seed is %d: drawing batches with seed %d", ds.seed, seed)
     rule = TrainRule.create(seed, len(spec.sessions), ds.days_per_batch, ds.batch_size, ds.must_include_days)
     fetcher = None
-    if spec.remote and prefetch:  # the host's fetching process tidies the shared cache
+    if prefetch:  # the host's fetching process tidies the shared cache
         cache = ObjectCache(spec.storage)
         freed = cache.forget_replaced(spec.files.values())
         if freed:
@@ -92,7 +97,8 @@ def make_loaders(
     if progress is not None and prefetch:
         schedule = need_order(spec, rule, start_batch, cfg.num_training_batches, val_days,
                               _first_validation(cfg, start_batch))
-        fetcher = Fetcher(Catalog(spec), schedule, progress, start_batch, ds.storage.prefetch_batches).start()
+        fetcher = Fetcher(Catalog(spec), schedule, progress, start_batch, ds.storage.prefetch_batches,
+                          lambda b, c: rule.plan(b, lambda day: c.usable(day, TRAIN)), cfg.num_training_batches).start()
     way = choose_transport(cfg, spec, loaders=2 if val is not None else 1)
     log.info("%s", way.describe())
     options = dict(batch_size=None, shuffle=False, pin_memory=torch.cuda.is_available(), **way.loader_options())
@@ -171,24 +177,26 @@ class Fetcher:
     """Fetches the remote objects of a run into the shared cache, in the order the batches
     need them, and builds each one's trial index once (the workers read it from the cache).
 
-    The first batch's objects go first and alone: nothing else is started until they are
-    in the cache (unless validation asks for its files), so their bytes share bandwidth and
-    CPU with nothing else. After that an object is started once the workers have begun a batch within
-    ``lead`` batches of the first one needing it, or as soon as a reader waits for it. A
-    few objects are in progress at once, all sharing the process's ``parts_in_flight``
-    ranged GETs (requested in order), so nothing is fetched long before it is needed. Every
-    queued object is announced (:meth:`ObjectCache.queue`), so workers wait for it rather
-    than fetch it alongside. Best effort: a failure is logged and released, and the reader
-    that needs the object fetches it itself and raises the error.
+    An object is started once the workers have begun a batch within ``lead`` batches of the
+    first one needing it, or as soon as a reader waits for it. All objects in progress share
+    the process's ``parts_in_flight`` ranged GETs, given to the part needed soonest: when a
+    training file's index is known before its bytes (a cached manifest, or its sidecar), the
+    trials of its next ``lead`` batches come first, each with the batch that reads it as its
+    priority, and the rest of the file after them; a file indexed from its own bytes comes
+    whole, with the batch that first needs it as priority. So the first batch waits only for
+    its own trials. Every queued object is announced (:meth:`ObjectCache.queue`), so workers
+    wait for it (reading trials as they arrive) rather than fetch it alongside. Best effort: a
+    failure is logged and released, and the reader that needs the object fetches it itself
+    and raises the error.
     """
 
-    def __init__(self, catalog: Catalog, schedule: list[tuple[int, tuple[int, str]]], progress: Progress,
-                 first: int, lead: int, threads: int = 8):
+    def __init__(self, catalog: Catalog, schedule: list[tuple[int, tuple[int, str]]], progress: Progress, first: int,
+                 lead: int, plan: Callable[[int, Catalog], Plan], stop: int, threads: int = 8):
         self.catalog, self.progress, self.first, self.lead = catalog, progress, first, lead
+        self.plan, self.stop_batch = plan, stop
         self.cache = catalog.cache
         self._todo = [(need, key) for need, key in schedule if not self.cache.cached_path(catalog.spec.file(*key))
                       or not os.path.exists(self.cache.manifest_path(catalog.spec.file(*key)))]
-        self._first_left = sum(1 for need, _ in self._todo if need <= first)
         self._guard = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, name=f"b2t-data-fetch-{i}", daemon=True)
@@ -210,16 +218,29 @@ class Fetcher:
         self.progress.close()
 
     def _due(self, need: int, obj: ObjectInfo) -> bool:
-        if need <= self.first:
-            return True
-        started, validating = self.progress.read()
-        if self._first_left > 0 and not validating:
-            return False  # the first batch's objects are still arriving: nothing else yet
-        return need <= started + self.lead or self.cache.wanted(obj)
+        started, _ = self.progress.read()
+        return need <= max(started, self.first) + self.lead or self.cache.wanted(obj)
 
     def _next(self) -> Optional[tuple[int, tuple[int, str]]]:
         with self._guard:
             return self._todo.pop(0) if self._todo else None
+
+    def first_ranges(self, need: int, day: int, split: str) -> list[tuple[int, int, int]]:
+        """``(start, stop, batch)`` of the trials batches ``need`` .. ``need + lead`` read from this
+        file, if its index is known without its bytes; else none."""
+        obj = self.catalog.spec.file(day, split)
+        if split != TRAIN or not os.path.exists(self.cache.manifest_path(obj)):
+            return []
+        trials = self.catalog.index(day, split).trials
+        ranges: list[tuple[int, int, int]] = []
+        for b in range(need, min(need + self.lead + 1, self.stop_batch)):
+            for d, positions in self.plan(b, self.catalog):
+                if d == day:
+                    found = trial_ranges([trials[p] for p in positions])
+                    if found is None:
+                        return []
+                    ranges.extend((x, y, b) for x, y in found)
+        return ranges
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -232,14 +253,13 @@ class Fetcher:
                 while not self._stop.is_set() and not self._due(need, obj):
                     time.sleep(0.01)
                 if not self._stop.is_set():
+                    first = self.first_ranges(need, day, split)
+                    self.cache.prefetch(obj, first, rest=need + self.lead if first else need)
                     self.catalog.index(day, split)
             except DataError as e:
                 log.warning("prefetch failed, will retry when needed: %s", e)
             finally:
                 self.cache.unqueue(obj)
-                if need <= self.first:
-                    with self._guard:
-                        self._first_left -= 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -292,6 +312,7 @@ def check_data(cfg) -> DataSummary:
     cache (where training then finds it).
     """
     spec = build_spec(cfg)
+    sidecar.load_sidecars(spec.files, spec.sidecars, spec.storage)
     catalog = Catalog(spec)
     out = []
     for d, session in enumerate(spec.sessions):

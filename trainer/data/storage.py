@@ -43,6 +43,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import heapq
 import logging
 import mmap
 import os
@@ -55,7 +56,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -69,6 +70,9 @@ SHM_ROOT = "/dev/shm"
 _MEMORY_DIR_PREFIX = "b2t-data-cache-"
 _SPACE_MARGIN = 64 * MB  # left free on a cache volume
 _READ_SIZE = 1 * MB  # body bytes handed over per read
+# Wanted ranges closer than this are fetched as one: the bytes between them cost less time than
+# another request's first-byte latency (~20 ms at 80 MB/s is 1.6 MB).
+_MERGE_GAP = 1 * MB
 DEFAULT_DISK_DIR = os.path.join(tempfile.gettempdir(), "b2t-data-cache")
 
 
@@ -198,6 +202,7 @@ class ObjectInfo:
     size: int
     etag: Optional[str]  # S3 ETag with its quotes; None for local files
     local: bool
+    mtime_ns: int = 0  # local files: the modification time (with the size, their version)
 
 
 # ---------------------------------------------------------------------------------------
@@ -258,7 +263,8 @@ def list_objects(root_url: str, rel_paths: list[str], storage: Storage) -> dict[
                 continue
             except OSError as e:
                 raise DataError(f"{path}: cannot read ({e.strerror})") from e
-            found[rel] = ObjectInfo(url=path, path=path, size=st.st_size, etag=None, local=True)
+            found[rel] = ObjectInfo(url=path, path=path, size=st.st_size, etag=None, local=True,
+                                    mtime_ns=st.st_mtime_ns)
         return found
     fs.invalidate_cache(root)  # a listing cached by an earlier call in this process may be stale
     try:
@@ -316,12 +322,12 @@ def _body_errors() -> tuple:
 class _ProcessState:
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.key_locks: dict[str, threading.Lock] = {}
+        self.key_locks: dict[str, threading.Lock] = {}  # by lock file path: one per cache and object
         self.guard = threading.Lock()
         self.fetched_bytes = 0
         self.get_requests = 0
-        self.slots: dict = {}  # event loop -> asyncio.Semaphore shared by every fetch of this process
-        self.queued: dict[str, int] = {}  # key -> fd of the queue lock this process holds
+        self.slots: dict = {}  # (event loop, parts_in_flight) -> the _Slots every fetch of this process shares
+        self.queued: dict[str, int] = {}  # queue lock path -> fd of the queue lock this process holds
 
 
 _state: Optional[_ProcessState] = None
@@ -404,7 +410,7 @@ def cache_key(obj: ObjectInfo) -> str:
     """``<url digest>-<version digest>-<session>-<file>``: one name per object version; the
     versions of one object share the first part, which is how replaced ones are found."""
     url_part = hashlib.sha1(obj.url.encode()).hexdigest()[:12]
-    version = hashlib.sha1(f"{obj.etag}\0{obj.size}".encode()).hexdigest()[:8]
+    version = hashlib.sha1(f"{obj.etag}\0{obj.size}\0{obj.mtime_ns}".encode()).hexdigest()[:8]
     tail = "-".join(obj.path.rstrip("/").split("/")[-2:])
     return f"{url_part}-{version}-{re.sub(r'[^A-Za-z0-9._-]', '_', tail)}"
 
@@ -443,6 +449,15 @@ class ObjectCache:
     def manifest_path(self, obj: ObjectInfo) -> str:
         return os.path.join(self.manifests_dir, cache_key(obj) + ".json")
 
+    def write_manifest(self, obj: ObjectInfo, text: str) -> None:
+        """Store a trial index of ``obj`` (written whole or not at all)."""
+        path = self.manifest_path(obj)
+        os.makedirs(self.manifests_dir, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
     # -- public
 
     def local_path(self, obj: ObjectInfo) -> str:
@@ -453,19 +468,68 @@ class ObjectCache:
         with self.hold(obj, blocking=True):
             return self.fetch_held(obj)
 
-    def prefetch(self, obj: ObjectInfo) -> bool:
-        """Fetch ``obj`` unless it is cached or someone is fetching it already; True if it is cached now."""
+    def prefetch(self, obj: ObjectInfo, first: Sequence[tuple[int, int, int]] = (), rest: int = 0) -> bool:
+        """Fetch ``obj`` unless it is cached or someone is fetching it already; True if it is cached now.
+        ``first``: ``(start, stop, priority)`` byte ranges wanted before the rest (priority
+        ``rest``), e.g. the trials of the next batches (:func:`plan_parts`)."""
         if self.cached_path(obj):
             return True
         with self.hold(obj, blocking=False) as got:
             if not got:
                 return False
-            self.fetch_held(obj)
+            self.fetch_held(obj, first, rest)
             return True
 
-    def fetch_held(self, obj: ObjectInfo) -> str:
+    def fetch_held(self, obj: ObjectInfo, first: Sequence[tuple[int, int, int]] = (), rest: int = 0) -> str:
         """With ``hold(obj)`` held: the cached copy, fetched now if there is none."""
-        return self.cached_path(obj) or self._fetch(obj)
+        return self.cached_path(obj) or self._fetch(obj, first, rest)
+
+    def wait_for(self, obj: ObjectInfo, ranges: Optional[Sequence[tuple[int, int]]]) -> Optional[tuple[str, bool]]:
+        """Wait until the bytes of ``ranges`` (None: the whole object) can be read, while another
+        process (the main process's fetcher) has ``obj`` in its queue: ``(path, complete)``,
+        a complete copy or the fetch in progress (its ``.partial``, where those bytes have
+        arrived). None when nobody is fetching it for this process (never queued, failed, or
+        the fetcher is gone): then :meth:`local_path` fetches it or raises the error."""
+        key = cache_key(obj)
+        if obj.local:
+            return obj.path, True
+        if self._queue_path(key) in _process_state().queued:
+            return None
+        partial = os.path.join(self.objects_dir, key + _PARTIAL)
+        progress = os.path.join(self.objects_dir, key + _PROGRESS)
+        partial_ok = ranges is not None and not self.storage.verify_md5  # unverified bytes are never read
+        asked = False
+        while True:
+            path = self.cached_path(obj)
+            if path:
+                return path, True
+            if partial_ok and covered(progress, ranges):
+                return partial, False
+            if not self._queued_elsewhere(key):
+                return None
+            if not asked:
+                with contextlib.suppress(OSError):
+                    open(os.path.join(self.locks_dir, key + ".wanted"), "a").close()
+                asked = True
+            time.sleep(0.002)
+
+    def _queue_path(self, key: str) -> str:
+        return os.path.join(self.locks_dir, key + ".queue")
+
+    def _queued_elsewhere(self, key: str) -> bool:
+        try:
+            fd = os.open(self._queue_path(key), os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            return True
+        finally:
+            os.close(fd)
 
     def touch(self, path: str) -> None:
         """Mark a cached copy as used now (eviction takes the least recently used first)."""
@@ -477,9 +541,8 @@ class ObjectCache:
         objects (replaced since they were cached); returns the bytes freed."""
         current: dict[str, str] = {}
         for obj in objects:
-            if not obj.local:
-                key = cache_key(obj)
-                current[key.split("-", 1)[0]] = key
+            key = cache_key(obj)
+            current[key.split("-", 1)[0]] = key
         freed = 0
         for tier in [*self._tiers(), self.manifests_dir]:
             for entry in _scan(tier):
@@ -496,21 +559,22 @@ class ObjectCache:
         other processes that need it wait for it instead of fetching it alongside."""
         st = _process_state()
         key = cache_key(obj)
-        if key in st.queued:
+        path = self._queue_path(key)
+        if path in st.queued:
             return True
         _makedirs(self.locks_dir, obj)
-        fd = os.open(os.path.join(self.locks_dir, key + ".queue"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             return False
-        st.queued[key] = fd
+        st.queued[path] = fd
         _unlink(os.path.join(self.locks_dir, key + ".wanted"))  # a dead run's request
         return True
 
     def unqueue(self, obj: ObjectInfo) -> None:
-        fd = _process_state().queued.pop(cache_key(obj), None)
+        fd = _process_state().queued.pop(self._queue_path(cache_key(obj)), None)
         if fd is not None:
             os.close(fd)
         _unlink(os.path.join(self.locks_dir, cache_key(obj) + ".wanted"))
@@ -523,29 +587,7 @@ class ObjectCache:
         """If another process (the main process's fetcher) has ``obj`` in its queue, ask for it
         and wait until it is cached or the queue lets go of it (fetched, failed, or the
         fetcher is gone: the lock dies with its holder)."""
-        key = cache_key(obj)
-        if obj.local or key in _process_state().queued:
-            return
-        path = os.path.join(self.locks_dir, key + ".queue")
-        asked = False
-        while not self.cached_path(obj):
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
-                return
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return  # nobody holds it
-            except OSError as e:
-                if e.errno not in (errno.EACCES, errno.EAGAIN):
-                    raise
-            finally:
-                os.close(fd)
-            if not asked:
-                with contextlib.suppress(OSError):
-                    open(os.path.join(self.locks_dir, key + ".wanted"), "a").close()
-                asked = True
-            time.sleep(0.005)
+        self.wait_for(obj, None)
 
     # -- locking
 
@@ -559,7 +601,7 @@ class ObjectCache:
     def _hold_key(self, key: str, *, blocking: bool, obj: Optional[ObjectInfo] = None) -> Iterator[bool]:
         st = _process_state()
         with st.guard:
-            thread_lock = st.key_locks.setdefault(key, threading.Lock())
+            thread_lock = st.key_locks.setdefault(os.path.join(self.locks_dir, key), threading.Lock())
         if not thread_lock.acquire(blocking):
             yield False
             return
@@ -623,15 +665,16 @@ class ObjectCache:
 
     # -- fetching
 
-    def _fetch(self, obj: ObjectInfo) -> str:
+    def _fetch(self, obj: ObjectInfo, first: Sequence[tuple[int, int, int]] = (), rest: int = 0) -> str:
         key = cache_key(obj)
         st = self.storage
         _makedirs(self.objects_dir, obj)
         final = os.path.join(self.objects_dir, key)
         partial, progress = final + _PARTIAL, final + _PROGRESS
-        ranges = [(a, min(a + st.part_size, obj.size)) for a in range(0, obj.size, st.part_size)]
-        done = _read_progress(partial, progress, obj.size, len(ranges))
-        if done is None:
+        found = _read_progress(partial, progress, obj.size)
+        if found is not None:
+            parts, done = found
+        else:
             if st.disk_bytes and obj.size > st.disk_bytes:
                 raise DataError(f"{obj.url}: {obj.size / MB:.0f} MB does not fit in the cache's limit "
                                 f"(dataset.storage.disk_cache_mb={st.disk_bytes // MB})")
@@ -644,9 +687,10 @@ class ObjectCache:
                     f"{obj.url}: not enough space to cache it in {self.objects_dir} ({free / MB:.0f} MB free, "
                     f"{obj.size / MB:.1f} MB needed); point dataset.storage.disk_cache_dir at a larger volume"
                 )
+            parts = plan_parts(obj.size, st.part_size, first, rest)
             _create(partial, obj.size, obj)
-            _create(progress, 8 * len(ranges), obj)
-            done = [0] * len(ranges)
+            _create_progress(progress, parts, obj)
+            done = [0] * len(parts)
         resumed = sum(done)
         memory = self._memory_copy(obj, key) if resumed == 0 else None
         started = time.monotonic()
@@ -657,7 +701,7 @@ class ObjectCache:
             prog_fd = os.open(progress, os.O_RDWR)
             try:
                 fs, _ = filesystem(obj.url, st)
-                fsspec.asyn.sync(fs.loop, self._fetch_parts, fs, obj, ranges, done, fds, prog_fd)
+                fsspec.asyn.sync(fs.loop, self._fetch_parts, fs, obj, parts, done, fds, prog_fd)
             finally:
                 os.close(prog_fd)
         except BaseException as e:
@@ -704,23 +748,25 @@ class ObjectCache:
             raise DataError(f"{obj.url}: the content does not match its ETag {obj.etag} (MD5 check); "
                             "it will be fetched again on the next attempt")
 
-    async def _fetch_parts(self, fs, obj: ObjectInfo, ranges: list, done: list, fds: list, prog_fd: int) -> None:
+    async def _fetch_parts(self, fs, obj: ObjectInfo, parts: list, done: list, fds: list, prog_fd: int) -> None:
         st = self.storage
         bucket, key, _ = fs.split_path(obj.path)
         counters = _process_state()
         loop = asyncio.get_running_loop()
-        slots = counters.slots.get(loop)
+        slots = counters.slots.get((loop, st.parts_in_flight))
         if slots is None:
-            slots = counters.slots[loop] = asyncio.Semaphore(st.parts_in_flight)
+            slots = counters.slots[(loop, st.parts_in_flight)] = _Slots(st.parts_in_flight)
         body_errors = _body_errors()
         extra = {"IfMatch": obj.etag} if obj.etag else {}
+        done_at = _progress_done_offset(len(parts))
 
-        async def one(i: int, start: int, stop: int) -> None:
+        async def one(i: int, start: int, stop: int, priority: int) -> None:
             pos = start + done[i]
             if pos >= stop:
                 return
             failures = 0
-            async with slots:
+            await slots.acquire(priority)
+            try:
                 while pos < stop:
                     # Request-level failures were already retried by botocore: they end the fetch.
                     resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={pos}-{stop - 1}",
@@ -742,7 +788,7 @@ class ObjectCache:
                             pos += len(data)
                             counters.fetched_bytes += len(data)
                             done[i] = pos - start
-                            os.pwrite(prog_fd, struct.pack("<Q", pos - start), 8 * i)
+                            os.pwrite(prog_fd, struct.pack("<Q", pos - start), done_at + 8 * i)
                     except body_errors as e:
                         failures = 1 if pos > before else failures + 1  # progress resets the count
                         if failures >= st.max_attempts:
@@ -752,8 +798,11 @@ class ObjectCache:
                         await asyncio.sleep(min(5.0, 0.05 * 2**failures) * random.uniform(0.5, 1.0))
                     finally:
                         body.close()
+            finally:
+                slots.release()
 
-        tasks = [asyncio.ensure_future(one(i, a, b)) for i, (a, b) in enumerate(ranges)]
+        # started soonest-needed first: the first to ask for a free slot gets it
+        tasks = [asyncio.ensure_future(one(i, *parts[i])) for i in sorted(range(len(parts)), key=lambda i: parts[i][2])]
         try:
             await asyncio.gather(*tasks)
         except BaseException as e:
@@ -810,20 +859,145 @@ def _fetch_error(obj: ObjectInfo, e: BaseException, current_etag: Optional[str])
     return DataError(f"{obj.url}: fetch failed after retries ({type(e).__name__}: {e})")
 
 
-def _read_progress(partial: str, progress: str, size: int, n_parts: int) -> Optional[list[int]]:
-    """Bytes received per part by an earlier, interrupted fetch of this version; None if there is none."""
+def plan_parts(size: int, part_size: int, first: Sequence[tuple[int, int, int]] = (), rest: int = 0) -> list:
+    """``(start, stop, priority)`` parts tiling ``[0, size)``: the ranges of ``first`` (``(start,
+    stop, priority)``, e.g. the trials the next batches read; overlaps go to the earlier one)
+    with their priorities, then everything else with priority ``rest``; none longer than
+    ``part_size``. Parts are fetched lowest priority first."""
+    wanted: list[tuple[int, int, int]] = []
+    end = 0
+    for a, b, p in sorted((max(0, a), min(size, b), p) for a, b, p in first):
+        a = max(a, end)
+        if a >= b:
+            continue
+        if wanted and a - end < min(_MERGE_GAP, part_size):  # the bytes between cost less than another GET
+            prev = wanted[-1]
+            if prev[2] == p:
+                wanted[-1] = (prev[0], b, p)
+                end = b
+                continue
+            wanted[-1] = (prev[0], a, prev[2])
+        wanted.append((a, b, p))
+        end = b
+    parts: list[tuple[int, int, int]] = []
+
+    def cut(a: int, b: int, p: int) -> None:
+        parts.extend((x, min(x + part_size, b), p) for x in range(a, b, part_size))
+
+    pos = 0
+    for a, b, p in wanted:
+        cut(pos, a, rest)
+        cut(a, b, p)
+        pos = b
+    cut(pos, size, rest)
+    return parts
+
+
+def _progress_done_offset(n_parts: int) -> int:
+    return 8 + 16 * n_parts
+
+
+def _create_progress(path: str, parts: list, obj: ObjectInfo) -> None:
+    """``.progress``: the number of parts, each part's ``(start, stop)``, then the bytes received
+    of each (written after the bytes themselves), all little-endian u64."""
+    header = struct.pack(f"<{1 + 2 * len(parts)}Q", len(parts), *(x for a, b, _ in parts for x in (a, b)))
     try:
-        if os.stat(partial).st_size != size:
-            raise FileNotFoundError
+        with open(path, "wb") as f:
+            f.write(header + bytes(8 * len(parts)))
+    except OSError as e:
+        raise DataError(f"{obj.url}: cannot create its cache file {path} ({e.strerror})") from e
+
+
+def read_progress(progress: str) -> Optional[tuple[list[tuple[int, int, int]], list[int]]]:
+    """``(parts as (start, stop, 0), bytes received per part)`` of a fetch in progress, or None."""
+    try:
         with open(progress, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
+        return None
+    if len(raw) < 8:
+        return None
+    (n,) = struct.unpack_from("<Q", raw)
+    if len(raw) != _progress_done_offset(n) + 8 * n:
+        return None
+    bounds = struct.unpack_from(f"<{2 * n}Q", raw, 8)
+    done = list(struct.unpack_from(f"<{n}Q", raw, _progress_done_offset(n)))
+    return [(bounds[2 * i], bounds[2 * i + 1], 0) for i in range(n)], done
+
+
+def received_bytes(progress: str) -> int:
+    found = read_progress(progress)
+    return sum(found[1]) if found else 0
+
+
+def _read_progress(partial: str, progress: str, size: int) -> Optional[tuple[list, list[int]]]:
+    """Parts and bytes received per part of an earlier, interrupted fetch of this version; None if there is none."""
+    try:
+        if os.stat(partial).st_size != size:
+            raise FileNotFoundError
+    except FileNotFoundError:
         _unlink(partial), _unlink(progress)
         return None
-    if len(raw) != 8 * n_parts:  # another part size: start over
+    found = read_progress(progress)
+    if found is None or sum(b - a for a, b, _ in found[0]) != size or \
+            any(d > b - a for (a, b, _), d in zip(*found)):  # another layout, or damaged: start over
         _unlink(partial), _unlink(progress)
         return None
-    return list(struct.unpack(f"<{n_parts}Q", raw))
+    return found
+
+
+def covered(progress: str, ranges: Iterable[tuple[int, int]]) -> bool:
+    """Whether every byte of ``ranges`` has arrived in a fetch in progress."""
+    found = read_progress(progress)
+    if found is None:
+        return False
+    have = sorted((a, a + d) for (a, _, _), d in zip(*found) if d)
+    for x, y in sorted(ranges):
+        pos = x
+        for a, b in have:
+            if a <= pos < b:
+                pos = b
+            if pos >= y:
+                break
+        if pos < y:
+            return False
+    return True
+
+
+class _Slots:
+    """At most ``n`` ranged GETs at once, given to the lowest priority waiting (first come
+    among equals): a part the next batch needs overtakes the rest of another object."""
+
+    def __init__(self, n: int):
+        self.free = n
+        self.waiting: list = []
+        self.seq = 0
+
+    async def acquire(self, priority: int) -> None:
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self.seq += 1
+        entry = (priority, self.seq, fut)
+        heapq.heappush(self.waiting, entry)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed a slot just as it was cancelled
+                self.release()
+            elif entry in self.waiting:  # never leave a dead waiter ahead of live ones
+                self.waiting.remove(entry)
+                heapq.heapify(self.waiting)
+            raise
+
+    def release(self) -> None:
+        while self.waiting:
+            _, _, fut = heapq.heappop(self.waiting)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.free += 1
 
 
 def _scan(directory: Optional[str]) -> list[os.DirEntry]:

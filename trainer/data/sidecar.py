@@ -1,0 +1,103 @@
+"""Trial indexes stored next to the data: ``<file>.b2t-index.json`` beside each HDF5 object.
+
+A file's trial index (where each trial's bytes lie) lives in HDF5 metadata scattered through
+the whole file, so without one the first batch waits for its files to arrive whole. The
+launcher's ``upload`` writes each file's index beside it (:func:`sidecar_json`), naming the
+object version it describes (size and ETag). A run reads them first, one small GET per file
+(:func:`load_sidecars`), and can then fetch the trials of its first batches before the rest
+of the files. A sidecar is only believed for the version it names: a file replaced since (a
+new ETag), a sidecar of another format or one whose ranges do not fit the file is ignored
+(logged), and that file is indexed from its own bytes as before. Data uploaded another way
+(``aws s3 sync``) has no sidecars and works the same, with the first batch waiting for whole
+files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import Optional
+
+import fsspec
+import numpy as np
+
+from .index import FIELDS, PHONEME_FIELD, FileIndex
+from .storage import ObjectCache, ObjectInfo, Storage, filesystem
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".b2t-index.json"
+FORMAT = 1
+
+
+def sidecar_json(index: FileIndex, size: int, etag: str) -> str:
+    """The sidecar of an object of ``size`` bytes and ``etag`` (as S3 lists it, quotes included)."""
+    return json.dumps({"format": FORMAT, "object": {"size": size, "etag": etag}, "index": json.loads(index.to_json())})
+
+
+def parse(text: str, obj: ObjectInfo) -> Optional[FileIndex]:
+    """The index a sidecar holds for ``obj``, or None (with the reason logged) if it is not for this version."""
+    try:
+        raw = json.loads(text)
+        if raw.get("format") != FORMAT:
+            log.info("%s%s: another sidecar format (%s); indexing the file itself", obj.url, SUFFIX, raw.get("format"))
+            return None
+        if raw["object"] != {"size": obj.size, "etag": obj.etag}:
+            log.info("%s%s: describes another version of the file (replaced since); indexing the file itself",
+                     obj.url, SUFFIX)
+            return None
+        idx = FileIndex.from_json(json.dumps(raw["index"]))
+    except (ValueError, KeyError, TypeError) as e:
+        log.warning("%s%s: unreadable (%s); indexing the file itself", obj.url, SUFFIX, e)
+        return None
+    if idx is None or idx.size != obj.size:
+        return None
+    for t in idx.trials:
+        for name in (*FIELDS, PHONEME_FIELD):
+            f = getattr(t, name)
+            if f is not None and f.offset is not None and (
+                    f.offset < 0 or f.offset + int(np.prod(f.shape, dtype=np.int64)) * np.dtype(f.dtype).itemsize > obj.size):
+                log.warning("%s%s: %s %s lies outside the file; indexing the file itself", obj.url, SUFFIX, t.key, name)
+                return None
+    return FileIndex(url=obj.url, size=idx.size, trials=idx.trials)
+
+
+def load_sidecars(files: dict, sidecars: dict, storage: Storage) -> int:
+    """Turn the sidecars of ``files`` (key -> ObjectInfo) into cached manifests, where there is
+    none yet: all fetched at once. Returns how many were used."""
+    cache = ObjectCache(storage)
+    todo = [(files[k], sidecars[k]) for k in sidecars
+            if k in files and not files[k].local and not os.path.exists(cache.manifest_path(files[k]))]
+    if not todo:
+        return 0
+    fs, _ = filesystem(todo[0][1].url, storage)
+    texts = fsspec.asyn.sync(fs.loop, _fetch_all, fs, [side.path for _, side in todo])
+    used = 0
+    for (obj, side), text in zip(todo, texts):
+        if isinstance(text, BaseException):
+            log.info("%s: not read (%s: %s); indexing the file itself", side.url, type(text).__name__, text)
+            continue
+        idx = parse(text.decode("utf-8", "replace"), obj)
+        if idx is not None:
+            cache.write_manifest(obj, idx.to_json())
+            used += 1
+    log.info("trial indexes: %d of %d files from their sidecars", used, len(files))
+    return used
+
+
+async def _fetch_all(fs, paths: list[str]) -> list:
+    return await asyncio.gather(*(fs._cat_file(p) for p in paths), return_exceptions=True)
+
+
+
+def put_sidecar(s3, bucket: str, key: str, index: FileIndex) -> str:
+    """Write the sidecar of ``s3://bucket/key`` (as it is now: its size and ETag from a HEAD)
+    with a boto3 S3 client; returns the sidecar's key."""
+    head = s3.head_object(Bucket=bucket, Key=key)
+    if head["ContentLength"] != index.size:
+        raise ValueError(f"s3://{bucket}/{key} has {head['ContentLength']} bytes, its index describes {index.size}")
+    s3.put_object(Bucket=bucket, Key=key + SUFFIX, Body=sidecar_json(index, head["ContentLength"], head["ETag"]).encode(),
+                  ContentType="application/json")
+    return key + SUFFIX
