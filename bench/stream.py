@@ -8,12 +8,20 @@ One run, on this machine, for each dataset size (default: 6 sessions of 60+15 tr
 - a local S3 endpoint: moto in server mode (``bench/s3server.py``, ranged GETs served
   without moto's whole-object copy) behind ``bench/s3proxy.py`` (20 ms first-byte latency,
   80 MB/s per connection), each in its own process;
+- the files uploaded as ``python -m launcher upload`` sends them: each with its trial-index
+  sidecar (``--no-sidecars``: without, as ``aws s3 sync`` leaves them; the first batch then
+  waits for whole files);
 - rounds alternating local disk and a cold S3 start (empty cache), in alternating order, so
   that the load of whatever else runs here hits both alike: each is ``make_loaders`` from
-  scratch (listing included), batch 0, the validation pass the trainer runs after batch 0,
-  then training batches up to 150 (batch 64 from 4 sessions, 4 DataLoader workers, no
-  model step); then a restart: S3 again on the cache the last cold round left (a resumed or
-  restarted run on the same machine or volume), against local disk again.
+  scratch (listing included; for local disk, its files indexed from scratch too), batch 0,
+  the validation pass the trainer runs after batch 0, then training batches up to 150
+  (batch 64 from 4 sessions, 4 DataLoader workers, no model step); then a restart: S3 again
+  on the cache the last cold round left (a resumed or restarted run on the same machine or
+  volume), against local disk again on its cached indexes.
+
+The endpoint (moto and the proxy, Python processes) runs on the same cores as the loader,
+which a real S3 endpoint does not: the CPU seconds it took per cold S3 run are printed
+beside the figures, as what the S3 runs paid here that they would not pay against S3.
 
 Per size: ``cold_s3_over_local`` = local time / S3 time for the whole run (summed over
 rounds), ``first_batch_s3_over_local``, ``bytes_over_dataset`` (bytes the endpoint sent in a
@@ -109,6 +117,16 @@ class Endpoint:
     def stats(self) -> dict:
         return remote_call(self.url, "stats")["stats"]
 
+    def cpu_s(self) -> float:
+        """CPU seconds the endpoint's processes (moto, the proxy) have used so far: on this
+        machine they share the cores with the loader, as a real S3 endpoint does not."""
+        total = 0.0
+        for p in (self.moto, self.proxy):
+            with open(f"/proc/{p.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
     def reset(self) -> None:
         remote_call(self.url, "reset", "POST")
 
@@ -128,15 +146,25 @@ def s3_client(url: str):
     return boto3.client("s3", endpoint_url=url, region_name="us-east-1")
 
 
-def upload(endpoint: Endpoint, root: Path, prefix: str = PREFIX) -> str:
+def upload(endpoint: Endpoint, root: Path, prefix: str = PREFIX, sidecars: bool = True) -> str:
+    """Each file as `aws s3 sync` sends it (8 MB multipart); with ``sidecars``, its trial index
+    beside it, as ``python -m launcher upload`` writes it (trainer/data/sidecar.py)."""
     from boto3.s3.transfer import TransferConfig
+
+    from trainer.data.index import build_index
+    from trainer.data.sidecar import SUFFIX, put_sidecar
 
     client = s3_client(endpoint.moto_url)
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=BUCKET)
-    config = TransferConfig(multipart_threshold=8 * MB, multipart_chunksize=8 * MB)  # as `aws s3 sync` does
+    config = TransferConfig(multipart_threshold=8 * MB, multipart_chunksize=8 * MB)
     for path in sorted(root.rglob("*.hdf5")):
-        client.upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(root).as_posix()}", Config=config)
+        key = f"{prefix}/{path.relative_to(root).as_posix()}"
+        client.upload_file(str(path), BUCKET, key, Config=config)
+        if sidecars:
+            put_sidecar(client, BUCKET, key, build_index(str(path), str(path)))
+        else:
+            client.delete_object(Bucket=BUCKET, Key=key + SUFFIX)
     return f"s3://{BUCKET}/{prefix}"
 
 
@@ -231,12 +259,14 @@ class Timed:
     val_s: float  # the validation pass after batch 0
     total_s: float  # make_loaders() to the last batch
     body_bytes: int = 0  # sent by the endpoint (S3 runs)
+    endpoint_cpu_s: float = 0.0  # CPU the endpoint used meanwhile (S3 runs)
 
 
 def timed_run(cfg: TrainConfig, batches: int, endpoint: Optional[Endpoint]) -> Timed:
     """What a user waits for: loaders from scratch, batch 0, validation, then up to ``batches``."""
     if endpoint:
         endpoint.reset()
+        cpu0 = endpoint.cpu_s()
     t0 = time.perf_counter()
     train, val = make_loaders(cfg)
     it = iter(train)
@@ -250,7 +280,9 @@ def timed_run(cfg: TrainConfig, batches: int, endpoint: Optional[Endpoint]) -> T
         next(it)
     total = time.perf_counter() - t0
     del it, train, val  # shuts the workers down
-    return Timed(first - t0, after_val - first, total, endpoint.stats()["body_bytes"] if endpoint else 0)
+    if endpoint is None:
+        return Timed(first - t0, after_val - first, total)
+    return Timed(first - t0, after_val - first, total, endpoint.stats()["body_bytes"], endpoint.cpu_s() - cpu0)
 
 
 def cpu_busy() -> tuple[int, int]:
@@ -266,12 +298,12 @@ def bench_size(size: str, args, endpoint: Endpoint, runs_dir: Path) -> dict:
     sessions = sorted(p.name for p in root.iterdir() if p.is_dir())
     summary = check_data(bench_cfg(str(root), args.cache / "unused", endpoint=None, workers=0, sessions=sessions))
     dataset_bytes = summary.total_bytes
-    url = upload(endpoint, root, f"{PREFIX}/{size}")
+    url = upload(endpoint, root, f"{PREFIX}/{size}", sidecars=args.sidecars)
     log.info("%s: %d sessions, %d+%d trials, %.0f MB", size, len(sessions), summary.n_train, summary.n_val,
              dataset_bytes / MB)
 
-    def local() -> Timed:
-        return timed_run(bench_cfg(str(root), runs_dir / "unused", endpoint=None, workers=args.workers,
+    def local(cache_dir: Path) -> Timed:  # the cache holds the local files' trial indexes
+        return timed_run(bench_cfg(str(root), cache_dir, endpoint=None, workers=args.workers,
                                    sessions=sessions), args.batches, None)
 
     def s3(cache_dir: Path) -> Timed:
@@ -281,13 +313,15 @@ def bench_size(size: str, args, endpoint: Endpoint, runs_dir: Path) -> dict:
     cold: dict[str, list[Timed]] = {"local": [], "s3": []}
     for r in range(args.rounds):
         for kind in (("local", "s3") if r % 2 == 0 else ("s3", "local")):
-            t = local() if kind == "local" else s3(runs_dir / f"{size}-{r}")
+            t = local(runs_dir / f"{size}-local-{r}") if kind == "local" else s3(runs_dir / f"{size}-{r}")
             cold[kind].append(t)
-            log.info("%s round %d %s: first batch %.2f s, validation %.2f s, %d batches %.2f s, %.0f MB from S3",
-                     size, r + 1, kind, t.first_s, t.val_s, args.batches, t.total_s, t.body_bytes / MB)
+            log.info("%s round %d %s: first batch %.2f s, validation %.2f s, %d batches %.2f s, %.0f MB from S3, "
+                     "endpoint CPU %.1f s", size, r + 1, kind, t.first_s, t.val_s, args.batches, t.total_s,
+                     t.body_bytes / MB, t.endpoint_cpu_s)
     warm: dict[str, list[Timed]] = {"local": [], "s3": []}
     for kind in ("s3", "local"):
-        t = local() if kind == "local" else s3(runs_dir / f"{size}-{args.rounds - 1}")
+        t = local(runs_dir / f"{size}-local-{args.rounds - 1}") if kind == "local" else \
+            s3(runs_dir / f"{size}-{args.rounds - 1}")
         warm[kind].append(t)
         log.info("%s restart %s: first batch %.2f s, %d batches %.2f s, %.2f MB from S3", size, kind, t.first_s,
                  args.batches, t.total_s, t.body_bytes / MB)
@@ -307,6 +341,7 @@ def bench_size(size: str, args, endpoint: Endpoint, runs_dir: Path) -> dict:
         "bytes_over_dataset": max(t.body_bytes for t in cold["s3"]) / dataset_bytes,
         "restart_s3_over_local": total(warm["local"], "total_s") / total(warm["s3"], "total_s"),
         "restart_bytes_over_dataset": warm["s3"][0].body_bytes / dataset_bytes,
+        "endpoint_cpu_s": [t.endpoint_cpu_s for t in cold["s3"]],
     }
 
 
@@ -320,6 +355,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="cold rounds per size, each local + S3 in alternating order")
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--rate-mb", type=float, default=80.0)
+    p.add_argument("--no-sidecars", dest="sidecars", action="store_false",
+                   help="upload without trial-index sidecars (data synced by other means than `launcher upload`)")
     p.add_argument("--seed-batches", type=int, default=0,
                    help="also time this many batches of the seed's pattern (s3fs + h5py per batch) on the first size")
     args = p.parse_args(argv)
@@ -362,7 +399,9 @@ def main(argv=None) -> int:
     for r in results:
         runs = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(r["local_s"], r["s3_s"]))
         firsts = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(r["local_first_s"], r["s3_first_s"]))
-        print(f"{r['sessions']} sessions, {r['dataset_mb']:.0f} MB: local/S3 s per cold run {runs}; first batch {firsts}")
+        cpu = ", ".join(f"{c:.1f}" for c in r["endpoint_cpu_s"])
+        print(f"{r['sessions']} sessions, {r['dataset_mb']:.0f} MB: local/S3 s per cold run {runs}; first batch {firsts}; "
+              f"CPU s the endpoint (moto + proxy, on these same cores) took per cold S3 run: {cpu}")
     if seed:
         print(f"seed pattern (reopen each file through s3fs + h5py every batch): "
               f"{len(seed.arrivals) / seed.arrivals[-1]:.3f} batches/s, {seed.body_bytes / len(seed.arrivals) / MB:.0f} MB "

@@ -19,6 +19,7 @@ import torch
 
 from .errors import DataError, trial_error
 from .index import FileIndex, FileReader, Trial, build_index, trial_ranges
+from .sidecar import load_sidecars
 from .sampling import Plan, TrainRule, rank_share, validation_plan
 from .storage import ObjectCache, ObjectInfo, Progress, Storage
 
@@ -84,7 +85,7 @@ class Catalog:
                 except OSError as e:  # a convenience for local files: the data is read in place anyway
                     log.debug("%s: index not cached (%s)", obj.url, e)
         else:
-            idx = self._read_manifest(obj)
+            idx = self._read_manifest(obj) or self._from_sidecar(obj)
             if idx is None:
                 self.cache.wait_queued(obj)  # the main process's fetcher has it in its queue
                 with self.cache.hold(obj, blocking=True):  # one process builds it, the others read it
@@ -96,6 +97,25 @@ class Catalog:
             if t.input_features.shape[1] != self.spec.neural_dim:
                 raise trial_error(obj.url, t.key, f"input_features has {t.input_features.shape[1]} features, "
                                   f"dataset.neural_dim is {self.spec.neural_dim}")
+        return idx
+
+    def load_sidecars(self, keys) -> None:
+        """Cache the indexes of these files from their sidecars, where there is one and no manifest yet."""
+        wanted = {k: self.spec.sidecars[k] for k in keys if k in self.spec.sidecars}
+        if wanted:
+            load_sidecars(self.spec.files, wanted, self.spec.storage)
+
+    def _from_sidecar(self, obj: ObjectInfo) -> Optional[FileIndex]:
+        """The index from the file's sidecar, if it has one for this version (one process of
+        the machine reads it; the others find the manifest it leaves)."""
+        keys = [k for k, o in self.spec.files.items() if o == obj and k in self.spec.sidecars]
+        if not keys:
+            return None
+        self.cache.wait_for_indexes()  # the main process's fetcher may be reading it already
+        with self.cache.hold_index(obj):
+            idx = self._read_manifest(obj)
+            if idx is None and load_sidecars({keys[0]: obj}, {keys[0]: self.spec.sidecars[keys[0]]}, self.spec.storage):
+                idx = self._read_manifest(obj)
         return idx
 
     def _read_manifest(self, obj: ObjectInfo) -> Optional[FileIndex]:
@@ -324,6 +344,7 @@ class ValBatches(_PerProcess, torch.utils.data.Dataset):
             if self.progress is not None:
                 self.progress.validating()
             catalog = self.catalog()
+            catalog.load_sidecars([(d, VAL) for d in self.days])  # all at once, not one GET after another
             self._plans = validation_plan([(d, catalog.usable(d, VAL)) for d in self.days], self.batch_size)
         return self._plans
 

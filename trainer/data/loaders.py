@@ -78,12 +78,14 @@ def make_loaders(
         raise ValueError(f"start_batch must be >= 0, got {start_batch}")
     ds = cfg.dataset
     spec = build_spec(cfg)
-    sidecar.load_sidecars(spec.files, spec.sidecars, spec.storage)
     seed = ds.seed if seed is None else seed
     if seed < 0:  # the reference's "random"; fixed here so every worker agrees
         seed = secrets.randbits(31)
         log.info("dataset.seed is %d: drawing batches with seed %d", ds.seed, seed)
     rule = TrainRule.create(seed, len(spec.sessions), ds.days_per_batch, ds.batch_size, ds.must_include_days)
+    if start_batch < cfg.num_training_batches:  # the first batch's indexes now; the others' when needed
+        first_files = {(d, TRAIN) for d in rule.days(start_batch)}
+        sidecar.load_sidecars(spec.files, {k: v for k, v in spec.sidecars.items() if k in first_files}, spec.storage)
     fetcher = None
     if prefetch:  # the host's fetching process tidies the shared cache
         cache = ObjectCache(spec.storage)
@@ -179,12 +181,11 @@ class Fetcher:
 
     An object is started once the workers have begun a batch within ``lead`` batches of the
     first one needing it, or as soon as a reader waits for it. All objects in progress share
-    the process's ``parts_in_flight`` ranged GETs, given to the part needed soonest: when a
-    training file's index is known before its bytes (a cached manifest, or its sidecar), the
-    trials of its next ``lead`` batches come first, each with the batch that reads it as its
-    priority, and the rest of the file after them; a file indexed from its own bytes comes
-    whole, with the batch that first needs it as priority. So the first batch waits only for
-    its own trials. Every queued object is announced (:meth:`ObjectCache.queue`), so workers
+    the process's ``parts_in_flight`` ranged GETs, given to the part needed soonest (its
+    priority: the first batch that needs it). When the index of one of the first batch's files
+    is known before its bytes (a cached manifest, or its sidecar), that batch's trials come
+    first and the rest of the file after them, so the first batch waits only for its own
+    trials; every other file comes whole. Every queued object is announced (:meth:`ObjectCache.queue`), so workers
     wait for it (reading trials as they arrive) rather than fetch it alongside. Best effort: a
     failure is logged and released, and the reader that needs the object fetches it itself
     and raises the error.
@@ -207,7 +208,21 @@ class Fetcher:
             self.cache.queue(self.catalog.spec.file(*key))
         for t in self._threads:
             t.start()
+        # every other index too, in one go, while the first batch's bytes arrive (a worker
+        # drawing a new session, or the validation pass, then finds its index waiting)
+        if self.catalog.spec.sidecars:
+            loading = self.cache.loading_indexes()
+            loading.__enter__()  # workers wait for these indexes instead of reading each sidecar themselves
+            threading.Thread(target=self._sidecars, args=(loading,), name="b2t-data-sidecars", daemon=True).start()
         return self
+
+    def _sidecars(self, loading) -> None:
+        try:
+            self.catalog.load_sidecars(list(self.catalog.spec.sidecars))
+        except Exception as e:  # best effort: each index is read again where it is needed
+            log.info("trial index sidecars not loaded ahead (%s: %s)", type(e).__name__, e)
+        finally:
+            loading.__exit__(None, None, None)
 
     def stop(self) -> None:
         self._stop.set()
@@ -226,21 +241,18 @@ class Fetcher:
             return self._todo.pop(0) if self._todo else None
 
     def first_ranges(self, need: int, day: int, split: str) -> list[tuple[int, int, int]]:
-        """``(start, stop, batch)`` of the trials batches ``need`` .. ``need + lead`` read from this
-        file, if its index is known without its bytes; else none."""
+        """``(start, stop, priority)`` of the trials the run's first batch reads from this file, if
+        its index is known without its bytes; else none. Only for the first batch: later
+        batches find whole files, which take fewer, larger GETs (less CPU on both ends)."""
         obj = self.catalog.spec.file(day, split)
-        if split != TRAIN or not os.path.exists(self.cache.manifest_path(obj)):
+        if split != TRAIN or need != self.first or not os.path.exists(self.cache.manifest_path(obj)):
             return []
         trials = self.catalog.index(day, split).trials
-        ranges: list[tuple[int, int, int]] = []
-        for b in range(need, min(need + self.lead + 1, self.stop_batch)):
-            for d, positions in self.plan(b, self.catalog):
-                if d == day:
-                    found = trial_ranges([trials[p] for p in positions])
-                    if found is None:
-                        return []
-                    ranges.extend((x, y, b) for x, y in found)
-        return ranges
+        for d, positions in self.plan(self.first, self.catalog):
+            if d == day:
+                found = trial_ranges([trials[p] for p in positions])
+                return [(x, y, self.first) for x, y in found] if found else []
+        return []
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -254,7 +266,7 @@ class Fetcher:
                     time.sleep(0.01)
                 if not self._stop.is_set():
                     first = self.first_ranges(need, day, split)
-                    self.cache.prefetch(obj, first, rest=need + self.lead if first else need)
+                    self.cache.prefetch(obj, first, rest=need + 1 if first else need)
                     self.catalog.index(day, split)
             except DataError as e:
                 log.warning("prefetch failed, will retry when needed: %s", e)

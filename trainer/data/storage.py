@@ -498,7 +498,7 @@ class ObjectCache:
         partial = os.path.join(self.objects_dir, key + _PARTIAL)
         progress = os.path.join(self.objects_dir, key + _PROGRESS)
         partial_ok = ranges is not None and not self.storage.verify_md5  # unverified bytes are never read
-        asked = False
+        asked, pause = False, 0.001
         while True:
             path = self.cached_path(obj)
             if path:
@@ -511,7 +511,8 @@ class ObjectCache:
                 with contextlib.suppress(OSError):
                     open(os.path.join(self.locks_dir, key + ".wanted"), "a").close()
                 asked = True
-            time.sleep(0.002)
+            time.sleep(pause)
+            pause = min(0.02, pause * 1.5)  # quick for bytes about to land, cheap for a long wait
 
     def _queue_path(self, key: str) -> str:
         return os.path.join(self.locks_dir, key + ".queue")
@@ -590,6 +591,34 @@ class ObjectCache:
         self.wait_for(obj, None)
 
     # -- locking
+
+    @contextlib.contextmanager
+    def loading_indexes(self) -> Iterator[None]:
+        """Held while this process reads index sidecars for the machine's other processes."""
+        _makedirs(self.locks_dir, None)
+        fd = os.open(os.path.join(self.locks_dir, "indexes.loading"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def wait_for_indexes(self) -> None:
+        """Return once no other process is reading index sidecars (see :meth:`loading_indexes`)."""
+        try:
+            fd = os.open(os.path.join(self.locks_dir, "indexes.loading"), os.O_RDWR)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)  # granted once every holder has let go (or died)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def hold_index(self, obj: ObjectInfo) -> Iterator[None]:
+        """The lock of the object's index (not of its bytes, which may be arriving meanwhile)."""
+        with self._hold_key(cache_key(obj) + ".index", blocking=True, obj=obj):
+            yield
 
     @contextlib.contextmanager
     def hold(self, obj: ObjectInfo, *, blocking: bool) -> Iterator[bool]:
