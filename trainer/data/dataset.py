@@ -99,19 +99,13 @@ class Catalog:
                                   f"dataset.neural_dim is {self.spec.neural_dim}")
         return idx
 
-    def load_sidecars(self, keys) -> None:
-        """Cache the indexes of these files from their sidecars, where there is one and no manifest yet."""
-        wanted = {k: self.spec.sidecars[k] for k in keys if k in self.spec.sidecars}
-        if wanted:
-            load_sidecars(self.spec.files, wanted, self.spec.storage)
-
     def _from_sidecar(self, obj: ObjectInfo) -> Optional[FileIndex]:
-        """The index from the file's sidecar, if it has one for this version (one process of
-        the machine reads it; the others find the manifest it leaves)."""
+        """The index from the file's sidecar, if it has one for this version and the run did
+        not read it at start (one process of the machine reads it; the others find the
+        manifest it leaves)."""
         keys = [k for k, o in self.spec.files.items() if o == obj and k in self.spec.sidecars]
         if not keys:
             return None
-        self.cache.wait_for_indexes()  # the main process's fetcher may be reading it already
         with self.cache.hold_index(obj):
             idx = self._read_manifest(obj)
             if idx is None and load_sidecars({keys[0]: obj}, {keys[0]: self.spec.sidecars[keys[0]]}, self.spec.storage):
@@ -344,7 +338,6 @@ class ValBatches(_PerProcess, torch.utils.data.Dataset):
             if self.progress is not None:
                 self.progress.validating()
             catalog = self.catalog()
-            catalog.load_sidecars([(d, VAL) for d in self.days])  # all at once, not one GET after another
             self._plans = validation_plan([(d, catalog.usable(d, VAL)) for d in self.days], self.batch_size)
         return self._plans
 

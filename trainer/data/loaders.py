@@ -83,9 +83,7 @@ def make_loaders(
         seed = secrets.randbits(31)
         log.info("dataset.seed is %d: drawing batches with seed %d", ds.seed, seed)
     rule = TrainRule.create(seed, len(spec.sessions), ds.days_per_batch, ds.batch_size, ds.must_include_days)
-    if start_batch < cfg.num_training_batches:  # the first batch's indexes now; the others' when needed
-        first_files = {(d, TRAIN) for d in rule.days(start_batch)}
-        sidecar.load_sidecars(spec.files, {k: v for k, v in spec.sidecars.items() if k in first_files}, spec.storage)
+    sidecar.load_sidecars(spec.files, spec.sidecars, spec.storage)  # every index before any data
     fetcher = None
     if prefetch:  # the host's fetching process tidies the shared cache
         cache = ObjectCache(spec.storage)
@@ -208,21 +206,7 @@ class Fetcher:
             self.cache.queue(self.catalog.spec.file(*key))
         for t in self._threads:
             t.start()
-        # every other index too, in one go, while the first batch's bytes arrive (a worker
-        # drawing a new session, or the validation pass, then finds its index waiting)
-        if self.catalog.spec.sidecars:
-            loading = self.cache.loading_indexes()
-            loading.__enter__()  # workers wait for these indexes instead of reading each sidecar themselves
-            threading.Thread(target=self._sidecars, args=(loading,), name="b2t-data-sidecars", daemon=True).start()
         return self
-
-    def _sidecars(self, loading) -> None:
-        try:
-            self.catalog.load_sidecars(list(self.catalog.spec.sidecars))
-        except Exception as e:  # best effort: each index is read again where it is needed
-            log.info("trial index sidecars not loaded ahead (%s: %s)", type(e).__name__, e)
-        finally:
-            loading.__exit__(None, None, None)
 
     def stop(self) -> None:
         self._stop.set()

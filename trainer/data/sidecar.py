@@ -3,9 +3,9 @@
 A file's trial index (where each trial's bytes lie) lives in HDF5 metadata scattered through
 the whole file, so without one the first batch waits for its files to arrive whole. The
 launcher's ``upload`` writes each file's index beside it (:func:`sidecar_json`), naming the
-object version it describes (size and ETag). A run reads them first, one small GET per file
-(:func:`load_sidecars`), and can then fetch the trials of its first batches before the rest
-of the files. A sidecar is only believed for the version it names: a file replaced since (a
+object version it describes (size and ETag). A run reads them all before any data, one
+small GET per file, 16 at once (:func:`load_sidecars`), and can then fetch the trials of its
+first batch before the rest of the files. A sidecar is only believed for the version it names: a file replaced since (a
 new ETag), a sidecar of another format or one whose ranges do not fit the file is ignored
 (logged), and that file is indexed from its own bytes as before. Data uploaded another way
 (``aws s3 sync``) has no sidecars and works the same, with the first batch waiting for whole
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".b2t-index.json"
 FORMAT = 1
+_IN_FLIGHT = 16  # sidecar GETs at once
 
 
 def sidecar_json(index: FileIndex, size: int, etag: str) -> str:
@@ -88,7 +89,14 @@ def load_sidecars(files: dict, sidecars: dict, storage: Storage) -> int:
 
 
 async def _fetch_all(fs, paths: list[str]) -> list:
-    return await asyncio.gather(*(fs._cat_file(p) for p in paths), return_exceptions=True)
+    # at most as many at once as the connection pool holds
+    slots = asyncio.Semaphore(_IN_FLIGHT)
+
+    async def one(path: str) -> bytes:
+        async with slots:
+            return await fs._cat_file(path)
+
+    return await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
 
 
 

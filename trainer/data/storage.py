@@ -593,28 +593,6 @@ class ObjectCache:
     # -- locking
 
     @contextlib.contextmanager
-    def loading_indexes(self) -> Iterator[None]:
-        """Held while this process reads index sidecars for the machine's other processes."""
-        _makedirs(self.locks_dir, None)
-        fd = os.open(os.path.join(self.locks_dir, "indexes.loading"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)
-
-    def wait_for_indexes(self) -> None:
-        """Return once no other process is reading index sidecars (see :meth:`loading_indexes`)."""
-        try:
-            fd = os.open(os.path.join(self.locks_dir, "indexes.loading"), os.O_RDWR)
-        except FileNotFoundError:
-            return
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX)  # granted once every holder has let go (or died)
-        finally:
-            os.close(fd)
-
-    @contextlib.contextmanager
     def hold_index(self, obj: ObjectInfo) -> Iterator[None]:
         """The lock of the object's index (not of its bytes, which may be arriving meanwhile)."""
         with self._hold_key(cache_key(obj) + ".index", blocking=True, obj=obj):
