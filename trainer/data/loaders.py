@@ -180,7 +180,8 @@ class Fetcher:
     An object is started once the workers have begun a batch within ``lead`` batches of the
     first one needing it, or as soon as a reader waits for it. All objects in progress share
     the process's ``parts_in_flight`` ranged GETs, given to the part needed soonest (its
-    priority: the first batch that needs it). When the index of one of the first batch's files
+    priority: the first batch that needs it; validation files ahead of the batch after the
+    validation pass). When the index of one of the first batch's files
     is known before its bytes (a cached manifest, or its sidecar), that batch's trials come
     first and the rest of the file after them, so the first batch waits only for its own
     trials; every other file comes whole. Every queued object is announced (:meth:`ObjectCache.queue`), so workers
@@ -235,7 +236,7 @@ class Fetcher:
         for d, positions in self.plan(self.first, self.catalog):
             if d == day:
                 found = trial_ranges([trials[p] for p in positions])
-                return [(x, y, self.first) for x, y in found] if found else []
+                return [(x, y, _priority(self.first, TRAIN)) for x, y in found] if found else []
         return []
 
     def _run(self) -> None:
@@ -250,12 +251,17 @@ class Fetcher:
                     time.sleep(0.01)
                 if not self._stop.is_set():
                     first = self.first_ranges(need, day, split)
-                    self.cache.prefetch(obj, first, rest=need + 1 if first else need)
+                    self.cache.prefetch(obj, first, rest=_priority(need + 1 if first else need, split))
                     self.catalog.index(day, split)
             except DataError as e:
                 log.warning("prefetch failed, will retry when needed: %s", e)
             finally:
                 self.cache.unqueue(obj)
+
+
+def _priority(batch: int, split: str) -> int:
+    """Bytes needed by ``batch`` (validation files: by the validation pass that runs before it)."""
+    return 2 * batch + (0 if split == VAL else 1)
 
 
 # ---------------------------------------------------------------------------------------

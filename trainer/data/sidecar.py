@@ -69,6 +69,10 @@ def load_sidecars(files: dict, sidecars: dict, storage: Storage) -> int:
     """Turn the sidecars of ``files`` (key -> ObjectInfo) into cached manifests, where there is
     none yet: all fetched at once. Returns how many were used."""
     cache = ObjectCache(storage)
+    remote = [o for o in files.values() if not o.local]
+    if remote and not sidecars:
+        log.info("trial indexes: no sidecars beside the data (not uploaded with `python -m launcher upload`?): "
+                 "the first batch waits for its whole files")
     todo = [(files[k], sidecars[k]) for k in sidecars
             if k in files and not files[k].local and not os.path.exists(cache.manifest_path(files[k]))]
     if not todo:
