@@ -100,15 +100,18 @@ def _free_port() -> int:
 class Endpoint:
     """moto (patched ranges) and the proxy, each in a subprocess of its own."""
 
-    def __init__(self, latency_ms: float, rate_mb: float):
+    def __init__(self, latency_ms: float, rate_mb: float, nice: int = 0):
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         port = _free_port()
+        lower = (lambda: os.nice(nice)) if nice else None
         self.moto = subprocess.Popen([sys.executable, str(ROOT / "bench/s3server.py"), "--port", str(port)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                                     preexec_fn=lower)
         self.moto_url = self.moto.stdout.readline().strip()
         self.proxy = subprocess.Popen([sys.executable, str(ROOT / "bench/s3proxy.py"), "--upstream", self.moto_url,
                                        "--latency-ms", str(latency_ms), "--rate-mb", str(rate_mb)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                                      preexec_fn=lower)
         self.url = self.proxy.stdout.readline().strip()
         if not self.moto_url or not self.url:
             self.stop()
@@ -355,6 +358,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="cold rounds per size, each local + S3 in alternating order")
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--rate-mb", type=float, default=80.0)
+    p.add_argument("--endpoint-nice", type=int, default=0, metavar="N",
+                   help="run moto and the proxy at this nice level (19: they take only the CPU the loader leaves, "
+                        "closer to a remote endpoint, which takes none)")
     p.add_argument("--no-sidecars", dest="sidecars", action="store_false",
                    help="upload without trial-index sidecars (data synced by other means than `launcher upload`)")
     p.add_argument("--seed-batches", type=int, default=0,
@@ -369,7 +375,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message="This DataLoader will create")  # more workers than cores: on purpose
     logging.getLogger("trainer.data.storage").setLevel(logging.WARNING)
 
-    endpoint = Endpoint(args.latency_ms, args.rate_mb)
+    endpoint = Endpoint(args.latency_ms, args.rate_mb, args.endpoint_nice)
     runs_dir = Path(tempfile.mkdtemp(prefix="b2t-bench-"))
     load0, busy0 = os.getloadavg()[0], cpu_busy()
     results = []
@@ -390,7 +396,8 @@ def main(argv=None) -> int:
     busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
 
     print()
-    print(f"endpoint: {args.latency_ms:.0f} ms first-byte latency, {args.rate_mb:.0f} MB/s per connection; batch 64 from "
+    print(f"endpoint: {args.latency_ms:.0f} ms first-byte latency, {args.rate_mb:.0f} MB/s per connection, "
+          f"nice {args.endpoint_nice}; batch 64 from "
           f"4 sessions, {args.workers} workers, {args.batches} batches + the validation pass after batch 0; "
           f"machine: {os.cpu_count()} cores, load average {load0:.1f} at start / {os.getloadavg()[0]:.1f} at end, "
           f"{busy:.0%} busy")
