@@ -470,11 +470,27 @@ def prepare_job(endpoint: str, plan: launch.Plan, source: Path, job_dir: Path, *
     bucket, prefix = s3sync.split_s3_url(data_url)
     print(f"serving {source} as {data_url} on {endpoint}", file=out or sys.stdout, flush=True)
     s3sync.upload_dir(aws.s3, source, bucket, prefix)
+    s3sync.put_sidecars(aws.s3, source, bucket, prefix, _indexes(source))  # as `launcher upload` leaves the data
     jobs.check_sessions(aws, data_url, list(plan.loaded.config.dataset.sessions))
     launch.upload_channel(aws, plan)
     paths = layout(job_dir, request, in_container=in_container)
     fetch_channels(aws.s3, job_dir, request)
     return paths
+
+
+def _indexes(source: Path) -> dict:
+    """The trial index of each session file under ``source`` that has one; a damaged file gets
+    none here and is reported by the trainer, naming the file and trial."""
+    from trainer.data.errors import DataError
+    from trainer.data.index import build_index
+
+    found = {}
+    for path in s3sync.session_files(source)[0]:
+        try:
+            found[path] = build_index(str(path), str(path))
+        except DataError:
+            continue
+    return found
 
 
 def report(job: str, paths: dict[str, Path], result: LocalResult, seconds: float, out: TextIO) -> int:

@@ -93,6 +93,12 @@ def test_local_tree_is_the_requests_opt_ml_layout(local_run):
     assert request["HyperParameters"]["data_url"] == "s3://b2t-local-data/data/"
 
 
+def test_local_data_is_served_as_upload_leaves_it_with_trial_indexes(local_run, local_data):
+    _, _, job_dir = local_run
+    files = len(list(local_data.glob("*/data_*.hdf5")))
+    assert f"trial indexes: {files} of {files} files from their sidecars" in (job_dir / "train.log").read_text()
+
+
 def test_metric_definitions_match_the_real_trainer_output(local_run):
     from launcher.request import metric_definitions
 
