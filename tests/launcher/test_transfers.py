@@ -39,8 +39,9 @@ def test_upload_sends_only_session_files_and_lists_the_rest(deployed, cli, sessi
     code, out, err = cli("upload", sessions, "--prefix", "up")
     assert code == 0, err
     names = sorted(p.name for p in sessions.iterdir() if p.is_dir())
-    assert keys_under(deployed, "data/up/") == sorted(
-        f"data/up/{s}/{f}" for s in names for f in ("data_train.hdf5", "data_val.hdf5"))
+    assert keys_under(deployed, "data/up/") == sorted(  # each file and its trial index
+        f"data/up/{s}/{f}{index}" for s in names for f in ("data_train.hdf5", "data_val.hdf5")
+        for index in ("", ".b2t-index.json"))
     skipped = [line for line in out.splitlines() if line.startswith("skipped")]
     assert sorted(skipped) == sorted([
         f"skipped (not <session>/data_train.hdf5 or data_val.hdf5): {sessions / names[0] / 'extra' / 'data_train.hdf5'}",
