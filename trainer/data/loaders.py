@@ -9,14 +9,14 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
 from .dataset import FILE_NAMES, TRAIN, VAL, Catalog, DataSpec, TrainBatches, ValBatches
 from .errors import DataError
 from .index import trial_ranges
-from .sampling import Plan, TrainRule
+from .sampling import TrainRule
 from .storage import ObjectCache, ObjectInfo, Progress, Storage, list_objects
 from . import sidecar, transport
 
@@ -98,7 +98,7 @@ def make_loaders(
         schedule = need_order(spec, rule, start_batch, cfg.num_training_batches, val_days,
                               _first_validation(cfg, start_batch))
         fetcher = Fetcher(Catalog(spec), schedule, progress, start_batch, ds.storage.prefetch_batches,
-                          lambda b, c: rule.plan(b, lambda day: c.usable(day, TRAIN)), cfg.num_training_batches).start()
+                          rule, cfg.num_training_batches).start()
     way = choose_transport(cfg, spec, loaders=2 if val is not None else 1)
     log.info("%s", way.describe())
     options = dict(batch_size=None, shuffle=False, pin_memory=torch.cuda.is_available(), **way.loader_options())
@@ -191,9 +191,9 @@ class Fetcher:
     """
 
     def __init__(self, catalog: Catalog, schedule: list[tuple[int, tuple[int, str]]], progress: Progress, first: int,
-                 lead: int, plan: Callable[[int, Catalog], Plan], stop: int, threads: int = 8):
+                 lead: int, rule: TrainRule, stop: int, threads: int = 8):
         self.catalog, self.progress, self.first, self.lead = catalog, progress, first, lead
-        self.plan, self.stop_batch = plan, stop
+        self.rule, self.stop_batch = rule, stop
         self.cache = catalog.cache
         self._todo = [(need, key) for need, key in schedule if not self.cache.cached_path(catalog.spec.file(*key))
                       or not os.path.exists(self.cache.manifest_path(catalog.spec.file(*key)))]
@@ -229,11 +229,12 @@ class Fetcher:
         """``(start, stop, priority)`` of the trials the run's first batch reads from this file, if
         its index is known without its bytes; else none. Only for the first batch: later
         batches find whole files, which take fewer, larger GETs (less CPU on both ends)."""
-        obj = self.catalog.spec.file(day, split)
-        if split != TRAIN or need != self.first or not os.path.exists(self.cache.manifest_path(obj)):
+        spec = self.catalog.spec
+        if split != TRAIN or need != self.first or not all(  # the plan needs every one of its files' index
+                os.path.exists(self.cache.manifest_path(spec.file(d, TRAIN))) for d in self.rule.days(self.first)):
             return []
         trials = self.catalog.index(day, split).trials
-        for d, positions in self.plan(self.first, self.catalog):
+        for d, positions in self.rule.plan(self.first, lambda d: self.catalog.usable(d, TRAIN)):
             if d == day:
                 found = trial_ranges([trials[p] for p in positions])
                 return [(x, y, _priority(self.first, TRAIN)) for x, y in found] if found else []
