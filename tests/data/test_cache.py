@@ -159,3 +159,10 @@ def test_a_local_file_is_indexed_once_per_version(tmp_path, monkeypatch):
     all_batches(cfg)
     assert built[2:] == [str(train)]
     assert len(list((tmp_path / "cache" / "manifests").iterdir())) == 2  # the old version's index is gone
+
+
+def test_local_data_needs_no_writable_cache(tiny_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    unusable = make_cfg(tiny_dir, tmp_path, overrides=[f"dataset.storage.disk_cache_dir={blocker / 'cache'}"])
+    assert_same_batches(all_batches(unusable), all_batches(make_cfg(tiny_dir, tmp_path)))

@@ -87,7 +87,12 @@ def make_loaders(
     fetcher = None
     if prefetch:  # the host's fetching process tidies the shared cache
         cache = ObjectCache(spec.storage)
-        freed = cache.forget_replaced(spec.files.values())
+        try:
+            freed = cache.forget_replaced(spec.files.values())
+        except OSError as e:  # an unwritable cache: nothing to tidy, and local data needs none
+            if spec.remote:
+                raise DataError(f"cannot tidy the data cache {spec.storage.disk_dir} ({e})") from e
+            freed = 0
         if freed:
             log.info("cache: removed %.0f MB of replaced object versions", freed / 2**20)
     progress = Progress(spec.storage.disk_dir) if spec.remote and ds.storage.prefetch_batches > 0 else None
