@@ -148,10 +148,10 @@ def put_sidecars(s3, src: Path, bucket: str, prefix: str, indexes: dict) -> int:
     for path, index in indexes.items():
         key = prefix + Path(path).relative_to(src).as_posix()
         obj, side = remote.get(key), remote.get(key + SUFFIX)
-        if obj is not None and side is not None and side["Size"] == len(sidecar_json(index, obj["Size"], obj["ETag"])):
-            current = s3.get_object(Bucket=bucket, Key=key + SUFFIX)["Body"].read().decode()
-            if current == sidecar_json(index, obj["Size"], obj["ETag"]):
-                continue
+        wanted = sidecar_json(index, obj["Size"], obj["ETag"]) if obj is not None else None
+        if side is not None and side["Size"] == len(wanted or "") and \
+                s3.get_object(Bucket=bucket, Key=key + SUFFIX)["Body"].read().decode() == wanted:
+            continue
         put_sidecar(s3, bucket, key, index)
         written += 1
     return written

@@ -50,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
     bucket, prefix = s3sync.split_s3_url(url)
     with aws_errors(f"uploading to {url}"):
         result = s3sync.upload_dir(aws.s3, args.src, bucket, prefix, dry_run=args.dry_run, files=files)
-        sidecars = 0 if args.dry_run else s3sync.put_sidecars(aws.s3, args.src, bucket, prefix, indexes)
+        try:
+            sidecars = 0 if args.dry_run else s3sync.put_sidecars(aws.s3, args.src, bucket, prefix, indexes)
+        except ValueError as e:  # a file changed between its check and its upload
+            raise UsageError(f"{e}; run upload again") from None
     if args.dry_run:
         for key in result.transferred:
             print(f"would upload s3://{bucket}/{key}")

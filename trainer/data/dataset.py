@@ -150,7 +150,7 @@ class Catalog:
     def reader_for(self, day: int, split: str, trials: Sequence[Trial]) -> FileReader:
         """A reader from which ``trials`` can be read now: over the complete copy, or over the
         fetch in progress once their bytes have arrived (the main process's fetcher brings the
-        trials of the next batches first)."""
+        first batch's trials before the rest of their files)."""
         key = (day, split)
         obj = self.spec.file(day, split)
         if obj.local or key in self._readers:
@@ -158,6 +158,8 @@ class Catalog:
         for _ in range(3):
             got = self.cache.wait_for(obj, trial_ranges(trials))
             if got is None or got[1]:
+                with self._lock:
+                    self._partial.pop(key, None)  # complete now: its map is the file's
                 return self.reader(day, split)
             try:
                 inode = os.stat(got[0]).st_ino
@@ -326,17 +328,14 @@ class TrainBatches(_PerProcess, torch.utils.data.Dataset):
 class ValBatches(_PerProcess, torch.utils.data.Dataset):
     """Every validation trial once, in batches of up to ``batch_size`` from one session each."""
 
-    def __init__(self, spec: DataSpec, days: Sequence[int], batch_size: int, progress: Optional[Progress] = None):
+    def __init__(self, spec: DataSpec, days: Sequence[int], batch_size: int):
         _PerProcess.__init__(self, spec)
         self.days, self.batch_size = tuple(days), batch_size
-        self.progress = progress
         self._plans: Optional[list[Plan]] = None
 
     @property
     def plans(self) -> list[Plan]:
         if self._plans is None:  # needs the val files' indexes: built on first use, not at start-up
-            if self.progress is not None:
-                self.progress.validating()
             catalog = self.catalog()
             self._plans = validation_plan([(d, catalog.usable(d, VAL)) for d in self.days], self.batch_size)
         return self._plans

@@ -38,6 +38,10 @@ class Field:
     shape: tuple[int, ...]
     dtype: str  # numpy dtype string with byte order, e.g. '<f4'
 
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
 
 @dataclass(frozen=True)
 class Trial:
@@ -153,10 +157,10 @@ def _field(ds, url: str, key: str, file_size: int) -> Field:
     offset = None
     if ds.chunks is None and ds.compression is None and dtype.kind in "iuf":
         offset = ds.id.get_offset()  # None when no storage is allocated (reads as fill value)
-        nbytes = int(np.prod(ds.shape, dtype=np.int64)) * dtype.itemsize
-        if offset is not None and offset + nbytes > file_size:
-            raise trial_error(url, key, f"'{ds.name.rsplit('/', 1)[-1]}' lies past the end of the file (truncated?)")
-    return Field(offset=offset, shape=tuple(int(n) for n in ds.shape), dtype=dtype.str)
+    field = Field(offset=offset, shape=tuple(int(n) for n in ds.shape), dtype=dtype.str)
+    if offset is not None and offset + field.nbytes > file_size:
+        raise trial_error(url, key, f"'{ds.name.rsplit('/', 1)[-1]}' lies past the end of the file (truncated?)")
+    return field
 
 
 def trial_ranges(trials) -> Optional[list[tuple[int, int]]]:
@@ -170,7 +174,7 @@ def trial_ranges(trials) -> Optional[list[tuple[int, int]]]:
                 continue
             if f.offset is None:
                 return None
-            ranges.append((f.offset, f.offset + int(np.prod(f.shape, dtype=np.int64)) * np.dtype(f.dtype).itemsize))
+            ranges.append((f.offset, f.offset + f.nbytes))
     return ranges
 
 

@@ -98,12 +98,11 @@ def make_loaders(
     progress = Progress(spec.storage.disk_dir) if spec.remote and ds.storage.prefetch_batches > 0 else None
     train = TrainBatches(spec, rule, start_batch, cfg.num_training_batches, progress, rank, world_size)
     val_days = _validation_days(cfg, spec)
-    val = ValBatches(spec, val_days, ds.batch_size, progress) if val_days else None
+    val = ValBatches(spec, val_days, ds.batch_size) if val_days else None
     if progress is not None and prefetch:
         schedule = need_order(spec, rule, start_batch, cfg.num_training_batches, val_days,
                               _first_validation(cfg, start_batch))
-        fetcher = Fetcher(Catalog(spec), schedule, progress, start_batch, ds.storage.prefetch_batches,
-                          rule, cfg.num_training_batches).start()
+        fetcher = Fetcher(Catalog(spec), schedule, progress, start_batch, ds.storage.prefetch_batches, rule).start()
     way = choose_transport(cfg, spec, loaders=2 if val is not None else 1)
     log.info("%s", way.describe())
     options = dict(batch_size=None, shuffle=False, pin_memory=torch.cuda.is_available(), **way.loader_options())
@@ -186,19 +185,18 @@ class Fetcher:
     first one needing it, or as soon as a reader waits for it. All objects in progress share
     the process's ``parts_in_flight`` ranged GETs, given to the part needed soonest (its
     priority: the first batch that needs it; validation files ahead of the batch after the
-    validation pass). When the index of one of the first batch's files
-    is known before its bytes (a cached manifest, or its sidecar), that batch's trials come
-    first and the rest of the file after them, so the first batch waits only for its own
-    trials; every other file comes whole. Every queued object is announced (:meth:`ObjectCache.queue`), so workers
-    wait for it (reading trials as they arrive) rather than fetch it alongside. Best effort: a
-    failure is logged and released, and the reader that needs the object fetches it itself
-    and raises the error.
+    validation pass). When every file of the first batch is indexed before its bytes arrive
+    (from sidecars, or cached manifests), that batch's trials come first and the rest of
+    their files after them, so the first batch waits only for its own trials; every other
+    file comes whole. Every queued object is announced (:meth:`ObjectCache.queue`), so
+    workers wait for it (reading trials as they arrive) rather than fetch it alongside. Best
+    effort: a failure is logged and released, and the reader that needs the object fetches
+    it itself and raises the error.
     """
 
     def __init__(self, catalog: Catalog, schedule: list[tuple[int, tuple[int, str]]], progress: Progress, first: int,
-                 lead: int, rule: TrainRule, stop: int, threads: int = 8):
-        self.catalog, self.progress, self.first, self.lead = catalog, progress, first, lead
-        self.rule, self.stop_batch = rule, stop
+                 lead: int, rule: TrainRule, threads: int = 8):
+        self.catalog, self.progress, self.first, self.lead, self.rule = catalog, progress, first, lead, rule
         self.cache = catalog.cache
         self._todo = [(need, key) for need, key in schedule if not self.cache.cached_path(catalog.spec.file(*key))
                       or not os.path.exists(self.cache.manifest_path(catalog.spec.file(*key)))]
@@ -223,8 +221,7 @@ class Fetcher:
         self.progress.close()
 
     def _due(self, need: int, obj: ObjectInfo) -> bool:
-        started, _ = self.progress.read()
-        return need <= max(started, self.first) + self.lead or self.cache.wanted(obj)
+        return need <= max(self.progress.read(), self.first) + self.lead or self.cache.wanted(obj)
 
     def _next(self) -> Optional[tuple[int, tuple[int, str]]]:
         with self._guard:

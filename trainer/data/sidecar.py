@@ -5,9 +5,9 @@ the whole file, so without one the first batch waits for its files to arrive who
 launcher's ``upload`` writes each file's index beside it (:func:`sidecar_json`), naming the
 object version it describes (size and ETag). A run reads them all before any data, one
 small GET per file, 16 at once (:func:`load_sidecars`), and can then fetch the trials of its
-first batch before the rest of the files. A sidecar is only believed for the version it names: a file replaced since (a
-new ETag), a sidecar of another format or one whose ranges do not fit the file is ignored
-(logged), and that file is indexed from its own bytes as before. Data uploaded another way
+first batch before the rest of the files. A sidecar is only believed for the version it
+names: a file replaced since (a new ETag), a sidecar of another format or one whose ranges do
+not fit the file is ignored (logged), and that file is indexed from its own bytes as before. Data uploaded another way
 (``aws s3 sync``) has no sidecars and works the same, with the first batch waiting for whole
 files.
 """
@@ -21,9 +21,8 @@ import os
 from typing import Optional
 
 import fsspec
-import numpy as np
 
-from .index import FIELDS, PHONEME_FIELD, FileIndex
+from .index import FileIndex, trial_ranges
 from .storage import ObjectCache, ObjectInfo, Storage, filesystem
 
 log = logging.getLogger(__name__)
@@ -56,12 +55,9 @@ def parse(text: str, obj: ObjectInfo) -> Optional[FileIndex]:
     if idx is None or idx.size != obj.size:
         return None
     for t in idx.trials:
-        for name in (*FIELDS, PHONEME_FIELD):
-            f = getattr(t, name)
-            if f is not None and f.offset is not None and (
-                    f.offset < 0 or f.offset + int(np.prod(f.shape, dtype=np.int64)) * np.dtype(f.dtype).itemsize > obj.size):
-                log.warning("%s%s: %s %s lies outside the file; indexing the file itself", obj.url, SUFFIX, t.key, name)
-                return None
+        if any(a < 0 or b > obj.size for a, b in trial_ranges([t]) or ()):
+            log.warning("%s%s: %s lies outside the file; indexing the file itself", obj.url, SUFFIX, t.key)
+            return None
     return FileIndex(url=obj.url, size=idx.size, trials=idx.trials)
 
 
@@ -103,13 +99,13 @@ async def _fetch_all(fs, paths: list[str]) -> list:
     return await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
 
 
-
 def put_sidecar(s3, bucket: str, key: str, index: FileIndex) -> str:
     """Write the sidecar of ``s3://bucket/key`` (as it is now: its size and ETag from a HEAD)
     with a boto3 S3 client; returns the sidecar's key."""
     head = s3.head_object(Bucket=bucket, Key=key)
     if head["ContentLength"] != index.size:
-        raise ValueError(f"s3://{bucket}/{key} has {head['ContentLength']} bytes, its index describes {index.size}")
+        raise ValueError(f"s3://{bucket}/{key} has {head['ContentLength']} bytes, its index describes {index.size} "
+                         "(the file changed while it was uploaded?)")
     s3.put_object(Bucket=bucket, Key=key + SUFFIX, Body=sidecar_json(index, head["ContentLength"], head["ETag"]).encode(),
                   ContentType="application/json")
     return key + SUFFIX

@@ -349,11 +349,8 @@ def fetch_counters() -> tuple[int, int]:
 
 class Progress:
     """How far the run's readers are, in a small file of the cache's ``runs`` folder: the
-    highest training batch a worker has started, and whether the validation data has been
-    asked for. The main process's fetcher paces itself by it.
+    highest training batch a worker has started. The main process's fetcher paces itself by it.
     Plain path, so it pickles."""
-
-    STARTED, VALIDATING = 0, 1
 
     def __init__(self, disk_dir: str):
         runs = os.path.join(disk_dir, "runs")
@@ -361,32 +358,27 @@ class Progress:
         _remove_dead_runs(runs)
         self.path = os.path.join(runs, f"{os.getpid()}-{secrets.token_hex(4)}.progress")
         with open(self.path, "wb") as f:
-            f.write(struct.pack("<2q", -1, 0))
+            f.write(struct.pack("<q", -1))
         self._fd: Optional[tuple[int, int]] = None  # (pid, fd)
-        self._last = [-1, 0]
+        self._last = -1
 
     def started(self, batch: int) -> None:
-        self._raise(self.STARTED, batch)
-
-    def validating(self) -> None:
-        self._raise(self.VALIDATING, 1)
-
-    def _raise(self, slot: int, value: int) -> None:
-        if value <= self._last[slot]:
+        if batch <= self._last:
             return
-        self._last[slot] = value
+        self._last = batch
         with contextlib.suppress(OSError):
             if self._fd is None or self._fd[0] != os.getpid():
                 self._fd = (os.getpid(), os.open(self.path, os.O_RDWR))
-            if value > self.read()[slot]:  # workers race here; the fetcher only needs a recent value
-                os.pwrite(self._fd[1], struct.pack("<q", value), 8 * slot)
+            if batch > self.read():  # workers race here; the fetcher only needs a recent value
+                os.pwrite(self._fd[1], struct.pack("<q", batch), 0)
 
-    def read(self) -> tuple[int, int]:
+    def read(self) -> int:
+        """The highest batch a worker has started (-1: none yet)."""
         try:
             with open(self.path, "rb") as f:
-                return struct.unpack("<2q", f.read(16))
+                return struct.unpack("<q", f.read(8))[0]
         except (OSError, struct.error):
-            return (-1, 0)
+            return -1
 
     def close(self) -> None:
         _unlink(self.path)
