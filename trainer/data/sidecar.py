@@ -44,6 +44,9 @@ def parse(text: str, obj: ObjectInfo) -> Optional[FileIndex]:
         if raw.get("format") != FORMAT:
             log.info("%s%s: another sidecar format (%s); indexing the file itself", obj.url, SUFFIX, raw.get("format"))
             return None
+        # The ETag names one version of the object's content ("How to retrieve or copy objects
+        # based on metadata with conditional reads", Amazon S3 User Guide): a file replaced since
+        # the upload lists another one.
         if raw["object"] != {"size": obj.size, "etag": obj.etag}:
             log.info("%s%s: describes another version of the file (replaced since); indexing the file itself",
                      obj.url, SUFFIX)
